@@ -1,0 +1,143 @@
+//! Command-line types (clap only). Flags win over `FERRY_*` variables, which win over defaults.
+
+use crate::config::{Concurrency, PartSize, S3Url};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+const ABOUT: &str = "Stage a batch job's files through S3 instead of NFS.\n\n\
+Head node: `stage` before the job, `collect` after it. Job pod: `init` (init container) and \
+`sidecar` beside the unchanged tool container. `inject` adds both to a Pod/Job YAML.\n\n\
+S3 settings come from the standard AWS chain (AWS_ENDPOINT_URL, AWS_REGION, credentials, IRSA); \
+set FERRY_S3_FORCE_PATH_STYLE=true for local servers. Logs go to stderr, filtered by FERRY_LOG \
+(e.g. FERRY_LOG=debug).";
+
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about = ABOUT, after_help = crate::error::ExitCode::table())]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "plain", env = "FERRY_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TransferArgs {
+    /// Files or parts transferred at once.
+    #[arg(long, global = true, env = "FERRY_CONCURRENCY", default_value = "16")]
+    pub concurrency: Concurrency,
+    /// Part size for multipart uploads and ranged downloads (e.g. 8MiB, 16MiB).
+    #[arg(long, global = true, env = "FERRY_PART_SIZE", default_value = "16MiB")]
+    pub part_size: PartSize,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Head node, before the job: upload the workdir and inputs, write the manifest, print its URL.
+    ///
+    /// Example:
+    ///   ferry stage --url s3://bucket/ferry --job-id 42 --workdir /galaxy/jobs/000/42 \
+    ///     --input /galaxy/files/000/dataset_1.dat --output /galaxy/files/000/dataset_2.dat
+    Stage(StageArgs),
+    /// Job pod, init container: download workdir, inputs and indices to their absolute paths.
+    Init(InitArgs),
+    /// Job pod, sidecar: wait for the tool to end, upload outputs and workdir changes, write done.json.
+    Sidecar(SidecarArgs),
+    /// Head node, after the job: wait for done.json, download workdir changes and outputs.
+    Collect(CollectArgs),
+    /// One line: staged / done exit=N / missing.
+    Status(ManifestArg),
+}
+
+#[derive(Args, Debug)]
+pub struct StageArgs {
+    /// Where to stage: s3://BUCKET/PREFIX.
+    #[arg(long)]
+    pub url: S3Url,
+    /// Job id (letters, digits, . _ -), used in keys and in the default exit-code file name.
+    #[arg(long)]
+    pub job_id: String,
+    /// The job working directory; every file in it is uploaded.
+    #[arg(long)]
+    pub workdir: PathBuf,
+    /// An input file or directory; uploaded to data/<path> unless S3 already holds the same bytes.
+    #[arg(long = "input")]
+    pub inputs: Vec<PathBuf>,
+    /// A path the job writes (file or directory); uploaded by the sidecar.
+    #[arg(long = "output")]
+    pub outputs: Vec<PathBuf>,
+    /// Reference data (file or directory); uploaded to refs/<path> unless already there.
+    #[arg(long = "index")]
+    pub indices: Vec<PathBuf>,
+    /// The file the job writes its exit code to [default: WORKDIR/galaxy_<ID>.ec].
+    #[arg(long)]
+    pub exit_code_file: Option<PathBuf>,
+    /// A directory the pod mounts as one emptyDir (repeatable; disjoint). Default: derived from
+    /// the workdir and the datasets' parent directories.
+    #[arg(long = "mount-root")]
+    pub mount_roots: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ManifestArg {
+    /// The manifest URL printed by `stage` (s3://BUCKET/PREFIX/jobs/ID/manifest.json).
+    #[arg(long, env = "FERRY_MANIFEST")]
+    pub manifest: String,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    /// Place every absolute path under this directory instead of at `/` (local runs, tests).
+    #[arg(long, env = "FERRY_ROOT")]
+    pub root: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SidecarMode {
+    /// The exit-code file appears and the workdir then stays quiet (local runs, tests).
+    File,
+    /// A regular container with shareProcessNamespace: ends when the tool's processes are gone.
+    SharedPid,
+    /// A native sidecar (Kubernetes ≥ 1.29): SIGTERM after the tool container exits.
+    Native,
+}
+
+#[derive(Args, Debug)]
+pub struct SidecarArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    #[arg(long, env = "FERRY_ROOT")]
+    pub root: Option<PathBuf>,
+    /// How to tell that the tool has ended.
+    #[arg(long, value_enum, env = "FERRY_SIDECAR_MODE", default_value = "file")]
+    pub mode: SidecarMode,
+    /// Give up waiting after SECS (0 = never); done.json then records reason `timeout`.
+    #[arg(long, default_value = "0", value_name = "SECS")]
+    pub timeout: u64,
+    /// How long the workdir must stay unchanged after the exit-code file appears.
+    #[arg(long, default_value = "1000", value_name = "MS")]
+    pub quiet_ms: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct CollectArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    #[arg(long, env = "FERRY_ROOT")]
+    pub root: Option<PathBuf>,
+    /// Wait up to SECS for done.json before declaring the job failed.
+    #[arg(long, default_value = "0", value_name = "SECS")]
+    pub wait: u64,
+}

@@ -1,0 +1,12 @@
+//! Every environment variable ferry reads, named once.
+
+pub const MANIFEST: &str = "FERRY_MANIFEST";
+pub const ROOT: &str = "FERRY_ROOT";
+pub const LOG: &str = "FERRY_LOG";
+pub const LOG_FORMAT: &str = "FERRY_LOG_FORMAT";
+pub const CONCURRENCY: &str = "FERRY_CONCURRENCY";
+pub const PART_SIZE: &str = "FERRY_PART_SIZE";
+pub const S3_FORCE_PATH_STYLE: &str = "FERRY_S3_FORCE_PATH_STYLE";
+pub const S3_MAX_ATTEMPTS: &str = "FERRY_S3_MAX_ATTEMPTS";
+pub const SIDECAR_MODE: &str = "FERRY_SIDECAR_MODE";
+pub const CACHE_DIR: &str = "FERRY_CACHE_DIR";

@@ -1,0 +1,105 @@
+//! `ferry init`: job pod, init container. Recreates the workdir, inputs and indices at their
+//! absolute paths, verified, with modes, symlinks and empty directories.
+
+use crate::config::Transfer;
+use crate::error::{Error, Result};
+use crate::job::Job;
+use crate::manifest::{Entry, Kind};
+use crate::transfer::{self, Download, create_dirs, place_symlink};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub async fn run(job: &Job, cfg: Transfer) -> Result<()> {
+    let started = Instant::now();
+    let m = &job.manifest;
+    for r in &m.roots {
+        create_dirs(&job.local(&r.path))?;
+    }
+    let wd = job.workdir();
+    create_dirs(&wd)?;
+
+    let mut downloads = Vec::new();
+    let mut links: Vec<(PathBuf, String)> = Vec::new();
+    let mut dirs: Vec<(PathBuf, u32)> = Vec::new();
+    plan_tree(&wd, &m.workdir.key, &m.workdir.entries, &mut downloads, &mut links, &mut dirs)?;
+    for d in m.inputs.iter().chain(&m.indices) {
+        let dest = job.local(&d.path);
+        match d.kind {
+            Kind::File => downloads.push(Download {
+                key: d.key.clone(),
+                dest,
+                size: d.size,
+                crc64nvme: d.crc64nvme.clone().unwrap_or_default(),
+                mode: d.mode,
+                mtime_ns: d.mtime_ns,
+            }),
+            _ => {
+                create_dirs(&dest)?;
+                dirs.push((dest.clone(), d.mode));
+                plan_tree(&dest, &d.key, &d.files, &mut downloads, &mut links, &mut dirs)?;
+            }
+        }
+    }
+    for o in &m.outputs {
+        if let Some(parent) = job.local(&o.path).parent() {
+            create_dirs(parent)?;
+        }
+    }
+    tracing::info!(job = %m.job_id, "init: {} files to place, {} symlinks, into {} roots", downloads.len(), links.len(), m.roots.len());
+    let stats = transfer::download_all(&job.store, downloads, cfg, "init download").await?;
+    for (path, target) in &links {
+        place_symlink(path, target)?;
+    }
+    // Directory modes last: a read-only directory must not block the files placed inside it.
+    for (path, mode) in dirs.iter().rev() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))
+            .map_err(|e| Error::io(path, "set mode", e))?;
+    }
+    // A stale exit-code file would make the sidecar think the tool already ended.
+    let ec = job.exit_code_file();
+    match std::fs::remove_file(&ec) {
+        Ok(()) => tracing::warn!("removed a stale exit-code file {}", ec.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&ec, "remove stale exit-code file", e)),
+    }
+    tracing::info!(
+        job = %m.job_id,
+        "init done: {}; {} files ({:.1} MiB) already in place; requests {}",
+        crate::progress::summary(stats.files, stats.bytes, started.elapsed()),
+        stats.skipped_files,
+        stats.skipped_bytes as f64 / 1048576.0,
+        job.store.requests()
+    );
+    Ok(())
+}
+
+/// Plans the entries of one tree rooted at `base` whose objects live under `key`.
+pub fn plan_tree(
+    base: &Path,
+    key: &str,
+    entries: &[Entry],
+    downloads: &mut Vec<Download>,
+    links: &mut Vec<(PathBuf, String)>,
+    dirs: &mut Vec<(PathBuf, u32)>,
+) -> Result<()> {
+    for e in entries {
+        let path = base.join(&e.path);
+        match e.kind {
+            Kind::Dir => {
+                create_dirs(&path)?;
+                dirs.push((path, e.mode));
+            }
+            Kind::File => downloads.push(Download {
+                key: format!("{key}/{}", e.path),
+                dest: path,
+                size: e.size,
+                crc64nvme: e.crc64nvme.clone().unwrap_or_default(),
+                mode: e.mode,
+                mtime_ns: e.mtime_ns,
+            }),
+            Kind::Symlink => links.push((path, e.target.clone().unwrap_or_default())),
+        }
+    }
+    Ok(())
+}

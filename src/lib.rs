@@ -1,0 +1,90 @@
+//! ferry: stage a batch job's files through S3 instead of NFS.
+//!
+//! Roles: `stage` and `collect` on the head node, `init` and `sidecar` in the job pod,
+//! `inject` for the pod YAML. See DESIGN.md for the contract and README.md for usage.
+
+pub mod checksum;
+pub mod cli;
+pub mod collect;
+pub mod config;
+pub mod done;
+pub mod env;
+pub mod error;
+pub mod init;
+pub mod job;
+pub mod manifest;
+pub mod progress;
+pub mod sidecar;
+pub mod stage;
+pub mod status;
+pub mod store;
+pub mod transfer;
+pub mod tree;
+
+use cli::{Cli, Command, LogFormat};
+use error::{Error, Result};
+use std::future::Future;
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Logs to stderr, filtered by `FERRY_LOG` (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(env::LOG)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let builder = builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none());
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Runs `work`, turning SIGINT/SIGTERM into `Error::Interrupted` (futures are dropped, so no
+/// temporary file is renamed into place; open multipart uploads are aborted by the caller).
+async fn interruptible<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("/", "install SIGTERM handler", e))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::io("/", "install SIGINT handler", e))?;
+    tokio::select! {
+        r = work => r,
+        _ = term.recv() => Err(Error::Interrupted("SIGTERM")),
+        _ = int.recv() => Err(Error::Interrupted("SIGINT")),
+    }
+}
+
+/// Runs one command; returns what it prints on stdout.
+pub async fn run(cli: Cli) -> Result<Option<String>> {
+    let cfg = config::Transfer { concurrency: cli.transfer.concurrency, part_size: cli.transfer.part_size };
+    match cli.command {
+        Command::Stage(a) => interruptible(stage::run(&a, cfg)).await.map(Some),
+        Command::Init(a) => {
+            let job = job::Job::load(&a.manifest.manifest, a.root).await?;
+            let r = interruptible(init::run(&job, cfg)).await;
+            r.map(|_| None)
+        }
+        Command::Sidecar(a) => {
+            let job = interruptible(job::Job::load(&a.manifest.manifest, a.root)).await?;
+            let wait = sidecar::Wait {
+                mode: a.mode,
+                timeout: (a.timeout > 0).then(|| Duration::from_secs(a.timeout)),
+                quiet: Duration::from_millis(a.quiet_ms),
+            };
+            let r = sidecar::run(&job, &wait, cfg).await;
+            if matches!(r, Err(Error::Interrupted(_))) {
+                job.store.abort_open_uploads().await;
+            }
+            r.map(|_| None)
+        }
+        Command::Collect(a) => {
+            let job = job::Job::load(&a.manifest.manifest, a.root).await?;
+            interruptible(collect::run(&job, Duration::from_secs(a.wait), cfg)).await.map(|_| None)
+        }
+        Command::Status(a) => match job::Job::load(&a.manifest, None).await {
+            Ok(job) => status::line(&job).await.map(Some),
+            Err(e @ Error::Missing { .. }) => {
+                println!("missing {}", a.manifest);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        },
+    }
+}

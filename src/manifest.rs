@@ -1,0 +1,551 @@
+//! The staging manifest: pure data, validation, and the key ⇄ path mapping. No I/O.
+//!
+//! `stage` writes it; `init`, `sidecar`, `collect` and `inject` read it and nothing else.
+//! `schema/manifest-v1.schema.json` is the published schema; a test keeps the two in step.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub version: u32,
+    pub job_id: String,
+    pub bucket: String,
+    /// Key prefix without leading or trailing `/`; may be empty.
+    pub prefix: String,
+    /// Disjoint absolute directories; each becomes one emptyDir mounted at that path.
+    pub roots: Vec<Root>,
+    pub workdir: Workdir,
+    pub inputs: Vec<Dataset>,
+    pub outputs: Vec<Output>,
+    pub indices: Vec<Dataset>,
+    pub exit_code_file: String,
+    pub done_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Root {
+    pub path: String,
+    /// Bytes staged under this root (workdir, inputs, indices); `inject` adds headroom for outputs.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workdir {
+    pub path: String,
+    /// Key prefix of the workdir's objects: `<prefix>/jobs/<id>/workdir`.
+    pub key: String,
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// One file, directory or symlink, at a path relative to its parent (workdir or dataset directory).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub path: String,
+    pub kind: Kind,
+    #[serde(default)]
+    pub size: u64,
+    /// Permission bits (`0o7777` at most).
+    pub mode: u32,
+    /// Modification time, nanoseconds since the epoch.
+    #[serde(default)]
+    pub mtime_ns: i64,
+    /// CRC64-NVME of the content, base64 of the 8 big-endian bytes (S3's own encoding). Files only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc64nvme: Option<String>,
+    /// Symlinks only: the target, kept verbatim and never followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// An input or an index: one file, or a directory whose files are listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dataset {
+    pub path: String,
+    /// The object key (file) or the key prefix of its files (directory).
+    pub key: String,
+    pub kind: Kind,
+    /// Bytes of the file, or of all the directory's files.
+    pub size: u64,
+    pub mode: u32,
+    #[serde(default)]
+    pub mtime_ns: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc64nvme: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<Entry>,
+}
+
+/// Where the job writes a result; file or directory is known only after the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    pub path: String,
+    pub key: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+
+/// Joins key parts with `/`, skipping empty ones (an empty prefix adds nothing).
+pub fn join_key(parts: &[&str]) -> String {
+    parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+pub fn manifest_key(prefix: &str, job_id: &str) -> String {
+    join_key(&[prefix, "jobs", job_id, "manifest.json"])
+}
+
+pub fn done_key(prefix: &str, job_id: &str) -> String {
+    join_key(&[prefix, "jobs", job_id, "done.json"])
+}
+
+pub fn workdir_key(prefix: &str, job_id: &str) -> String {
+    join_key(&[prefix, "jobs", job_id, "workdir"])
+}
+
+/// `data/<absolute path without its leading slash>`.
+pub fn data_key(prefix: &str, abs: &str) -> String {
+    join_key(&[prefix, "data", abs.trim_start_matches('/')])
+}
+
+/// `refs/<absolute path without its leading slash>`.
+pub fn refs_key(prefix: &str, abs: &str) -> String {
+    join_key(&[prefix, "refs", abs.trim_start_matches('/')])
+}
+
+/// Where an absolute manifest path lands on this machine: itself, or under `root` if given.
+pub fn local_path(root: Option<&Path>, abs: &str) -> PathBuf {
+    match root {
+        Some(r) => r.join(abs.trim_start_matches('/')),
+        None => PathBuf::from(abs),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Path and key checks: every string from a manifest is untrusted until it passes these.
+
+fn check_components(s: &str, what: &str) -> Result<(), String> {
+    if s.contains('\0') {
+        return Err(format!("{what} contains a NUL byte"));
+    }
+    for c in s.split('/') {
+        match c {
+            "" => return Err(format!("{what} has an empty component (`//`, or a leading/trailing `/`)")),
+            "." | ".." => return Err(format!("{what} has a `{c}` component that could escape its root")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A relative path inside a directory: no `..`, no `.`, not absolute, no empty component.
+pub fn check_rel(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("relative path is empty".into());
+    }
+    if p.starts_with('/') {
+        return Err("relative path is absolute".into());
+    }
+    check_components(p, "relative path")
+}
+
+/// An absolute, normalised path that is not `/` itself.
+pub fn check_abs(p: &str) -> Result<(), String> {
+    let Some(rest) = p.strip_prefix('/') else {
+        return Err("path is not absolute".into());
+    };
+    if rest.is_empty() {
+        return Err("path is `/`".into());
+    }
+    check_components(rest, "path")
+}
+
+/// An S3 key ferry may create or read: no leading `/`, no `//`, no trailing `/`, no `..`.
+pub fn check_key(k: &str) -> Result<(), String> {
+    if k.is_empty() {
+        return Err("key is empty".into());
+    }
+    if k.starts_with('/') {
+        return Err("key starts with `/`".into());
+    }
+    check_components(k, "key")
+}
+
+/// True if `path` is `dir` or inside it (both absolute, normalised).
+pub fn is_within(path: &str, dir: &str) -> bool {
+    path == dir || (path.starts_with(dir) && path.as_bytes().get(dir.len()) == Some(&b'/'))
+}
+
+fn check_key_under(key: &str, base: &str, what: &str) -> Result<(), String> {
+    check_key(key).map_err(|e| format!("{what} key `{key}`: {e}"))?;
+    if !is_within(key, base) {
+        return Err(format!("{what} key `{key}` is not under `{base}`"));
+    }
+    Ok(())
+}
+
+fn check_entries(entries: &[Entry], what: &str) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    let mut links = Vec::new();
+    for e in entries {
+        check_rel(&e.path).map_err(|r| format!("{what} entry `{}`: {r}", e.path))?;
+        if !seen.insert(e.path.as_str()) {
+            return Err(format!("{what} entry `{}` is listed twice", e.path));
+        }
+        if e.mode > 0o7777 {
+            return Err(format!("{what} entry `{}`: mode {:o} is not a permission mode", e.path, e.mode));
+        }
+        match e.kind {
+            Kind::File => {
+                if e.crc64nvme.is_none() {
+                    return Err(format!("{what} file `{}` has no crc64nvme", e.path));
+                }
+            }
+            Kind::Symlink => {
+                if e.target.as_deref().is_none_or(str::is_empty) {
+                    return Err(format!("{what} symlink `{}` has no target", e.path));
+                }
+                links.push(e.path.as_str());
+            }
+            Kind::Dir => {}
+        }
+    }
+    // Nothing may be written through a symlink: no entry lies below one.
+    for e in entries {
+        if let Some(l) = links.iter().find(|l| e.path != **l && is_within(&e.path, l)) {
+            return Err(format!("{what} entry `{}` lies below the symlink `{l}`", e.path));
+        }
+    }
+    Ok(())
+}
+
+impl Manifest {
+    /// Parses and validates; the error is one line saying what is wrong.
+    pub fn from_json(bytes: &[u8]) -> Result<Manifest, String> {
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+        match value.get("version").and_then(|v| v.as_u64()) {
+            Some(v) if v == u64::from(VERSION) => {}
+            Some(v) => {
+                return Err(format!(
+                    "manifest version {v} is not supported (this ferry reads version {VERSION}); use a matching ferry"
+                ));
+            }
+            None => return Err("no numeric `version` field: not a ferry manifest".into()),
+        }
+        let m: Manifest = serde_json::from_value(value).map_err(|e| format!("does not match schema v{VERSION}: {e}"))?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("a manifest always serialises");
+        v.push(b'\n');
+        v
+    }
+
+    pub fn manifest_key(&self) -> String {
+        manifest_key(&self.prefix, &self.job_id)
+    }
+
+    /// The root that holds `path`, if any.
+    pub fn root_of(&self, path: &str) -> Option<&Root> {
+        self.roots.iter().find(|r| is_within(path, &r.path))
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.version != VERSION {
+            return Err(format!("version {} is not {VERSION}", self.version));
+        }
+        check_job_id(&self.job_id)?;
+        if self.bucket.is_empty() || self.bucket.contains('/') {
+            return Err(format!("bucket `{}` is not a bucket name", self.bucket));
+        }
+        if !self.prefix.is_empty() {
+            check_key(&self.prefix).map_err(|e| format!("prefix `{}`: {e}", self.prefix))?;
+        }
+        if self.roots.is_empty() {
+            return Err("no roots".into());
+        }
+        for (i, r) in self.roots.iter().enumerate() {
+            check_abs(&r.path).map_err(|e| format!("root `{}`: {e}", r.path))?;
+            for other in &self.roots[..i] {
+                if is_within(&r.path, &other.path) || is_within(&other.path, &r.path) {
+                    return Err(format!("roots `{}` and `{}` overlap; roots must be disjoint", other.path, r.path));
+                }
+            }
+        }
+        let under_root = |p: &str, what: &str| -> Result<(), String> {
+            check_abs(p).map_err(|e| format!("{what} `{p}`: {e}"))?;
+            if self.root_of(p).is_none() {
+                return Err(format!("{what} `{p}` is under no root"));
+            }
+            Ok(())
+        };
+        under_root(&self.workdir.path, "workdir")?;
+        let wk = workdir_key(&self.prefix, &self.job_id);
+        if self.workdir.key != wk {
+            return Err(format!("workdir key `{}` is not `{wk}`", self.workdir.key));
+        }
+        check_entries(&self.workdir.entries, "workdir")?;
+        let mut paths = HashSet::new();
+        let data = join_key(&[&self.prefix, "data"]);
+        let refs = join_key(&[&self.prefix, "refs"]);
+        for (list, base, what) in [(&self.inputs, &data, "input"), (&self.indices, &refs, "index")] {
+            for d in list {
+                under_root(&d.path, what)?;
+                check_key_under(&d.key, base, what)?;
+                if !paths.insert(d.path.as_str()) {
+                    return Err(format!("{what} `{}` is listed twice", d.path));
+                }
+                match d.kind {
+                    Kind::File if d.crc64nvme.is_none() => {
+                        return Err(format!("{what} `{}` has no crc64nvme", d.path));
+                    }
+                    Kind::File if !d.files.is_empty() => {
+                        return Err(format!("{what} `{}` is a file but lists files", d.path));
+                    }
+                    Kind::Symlink => return Err(format!("{what} `{}`: a dataset cannot be a symlink", d.path)),
+                    Kind::Dir => check_entries(&d.files, what)?,
+                    Kind::File => {}
+                }
+            }
+        }
+        for o in &self.outputs {
+            under_root(&o.path, "output")?;
+            check_key_under(&o.key, &data, "output")?;
+            if !paths.insert(o.path.as_str()) {
+                return Err(format!("output `{}` is listed twice or is also an input", o.path));
+            }
+        }
+        under_root(&self.exit_code_file, "exit_code_file")?;
+        let dk = done_key(&self.prefix, &self.job_id);
+        if self.done_key != dk {
+            return Err(format!("done_key `{}` is not `{dk}`", self.done_key));
+        }
+        Ok(())
+    }
+}
+
+/// Job ids become key components: letters, digits, `.`, `_`, `-`; not `.` or `..`.
+pub fn check_job_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id != "."
+        && id != ".."
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("job id `{id}` must be 1-128 of [A-Za-z0-9._-] and not `.` or `..`"))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn sample() -> Manifest {
+        Manifest {
+            version: VERSION,
+            job_id: "42".into(),
+            bucket: "b".into(),
+            prefix: "ferry".into(),
+            roots: vec![
+                Root { path: "/galaxy/jobs/42".into(), bytes: 3 },
+                Root { path: "/galaxy/files".into(), bytes: 5 },
+            ],
+            workdir: Workdir {
+                path: "/galaxy/jobs/42".into(),
+                key: "ferry/jobs/42/workdir".into(),
+                entries: vec![
+                    Entry {
+                        path: "galaxy_42.sh".into(),
+                        kind: Kind::File,
+                        size: 3,
+                        mode: 0o755,
+                        mtime_ns: 1,
+                        crc64nvme: Some("AAAAAAAAAAA=".into()),
+                        target: None,
+                    },
+                    Entry {
+                        path: "link".into(),
+                        kind: Kind::Symlink,
+                        size: 0,
+                        mode: 0o777,
+                        mtime_ns: 1,
+                        crc64nvme: None,
+                        target: Some("/etc/passwd".into()),
+                    },
+                ],
+            },
+            inputs: vec![Dataset {
+                path: "/galaxy/files/a.dat".into(),
+                key: "ferry/data/galaxy/files/a.dat".into(),
+                kind: Kind::File,
+                size: 5,
+                mode: 0o644,
+                mtime_ns: 1,
+                crc64nvme: Some("AAAAAAAAAAA=".into()),
+                files: vec![],
+            }],
+            outputs: vec![Output {
+                path: "/galaxy/files/b.dat".into(),
+                key: "ferry/data/galaxy/files/b.dat".into(),
+            }],
+            indices: vec![],
+            exit_code_file: "/galaxy/jobs/42/galaxy_42.ec".into(),
+            done_key: "ferry/jobs/42/done.json".into(),
+        }
+    }
+
+    fn reason(m: &Manifest) -> String {
+        Manifest::from_json(&m.to_json()).unwrap_err()
+    }
+
+    #[test]
+    fn a_valid_manifest_round_trips_through_json() {
+        let m = sample();
+        assert_eq!(Manifest::from_json(&m.to_json()).unwrap(), m);
+    }
+
+    #[test]
+    fn malformed_json_is_refused_with_the_parser_position() {
+        let e = Manifest::from_json(b"{\"version\": 1,").unwrap_err();
+        assert!(e.starts_with("not valid JSON"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_version_is_refused_before_the_fields_are_read() {
+        let e = Manifest::from_json(br#"{"version": 2, "something": "else"}"#).unwrap_err();
+        assert!(e.contains("version 2 is not supported"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
+        v["surprise"] = 1.into();
+        let e = Manifest::from_json(v.to_string().as_bytes()).unwrap_err();
+        assert!(e.contains("unknown field `surprise`"), "{e}");
+    }
+
+    #[test]
+    fn a_workdir_entry_with_dotdot_is_refused() {
+        let mut m = sample();
+        m.workdir.entries[0].path = "a/../../etc/passwd".into();
+        assert!(reason(&m).contains("could escape its root"));
+    }
+
+    #[test]
+    fn an_absolute_workdir_entry_is_refused() {
+        let mut m = sample();
+        m.workdir.entries[0].path = "/etc/passwd".into();
+        assert!(reason(&m).contains("is absolute"));
+    }
+
+    #[test]
+    fn an_entry_below_a_symlink_is_refused() {
+        let mut m = sample();
+        m.workdir.entries[0].path = "link/shadow".into();
+        assert!(reason(&m).contains("lies below the symlink `link`"));
+    }
+
+    #[test]
+    fn a_symlink_pointing_outside_is_kept_as_data() {
+        // The target is never followed, so an outside target is allowed.
+        assert!(sample().validate().is_ok());
+    }
+
+    #[test]
+    fn a_key_outside_the_prefix_is_refused() {
+        let mut m = sample();
+        m.inputs[0].key = "other/data/a.dat".into();
+        assert!(reason(&m).contains("is not under `ferry/data`"));
+        m.inputs[0].key = "ferry/data/../../x".into();
+        assert!(reason(&m).contains("could escape"));
+        m.inputs[0].key = "/ferry/data/a".into();
+        assert!(reason(&m).contains("starts with `/`"));
+    }
+
+    #[test]
+    fn a_path_under_no_root_is_refused() {
+        let mut m = sample();
+        m.inputs[0].path = "/etc/shadow".into();
+        assert!(reason(&m).contains("is under no root"));
+    }
+
+    #[test]
+    fn overlapping_roots_are_refused() {
+        let mut m = sample();
+        m.roots[1].path = "/galaxy/jobs/42/sub".into();
+        assert!(reason(&m).contains("overlap"));
+    }
+
+    #[test]
+    fn duplicate_paths_are_refused() {
+        let mut m = sample();
+        m.outputs[0].path = m.inputs[0].path.clone();
+        assert!(reason(&m).contains("listed twice"));
+        let mut m = sample();
+        let e = m.workdir.entries[0].clone();
+        m.workdir.entries.push(e);
+        assert!(reason(&m).contains("listed twice"));
+    }
+
+    #[test]
+    fn a_job_id_that_is_not_a_key_component_is_refused() {
+        assert!(check_job_id("../x").is_err());
+        assert!(check_job_id("..").is_err());
+        assert!(check_job_id("a/b").is_err());
+        assert!(check_job_id("job-1.2_x").is_ok());
+    }
+
+    #[test]
+    fn keys_map_absolute_paths_under_data_and_refs() {
+        assert_eq!(data_key("p", "/srv/a b/ü.dat"), "p/data/srv/a b/ü.dat");
+        assert_eq!(data_key("", "/srv/x"), "data/srv/x");
+        assert_eq!(refs_key("p/q", "/ref/hg38.fa"), "p/q/refs/ref/hg38.fa");
+        assert_eq!(done_key("", "7"), "jobs/7/done.json");
+        assert_eq!(local_path(Some(Path::new("/tmp/r")), "/a/b"), PathBuf::from("/tmp/r/a/b"));
+        assert_eq!(local_path(None, "/a/b"), PathBuf::from("/a/b"));
+    }
+
+    #[test]
+    fn is_within_respects_component_boundaries() {
+        assert!(is_within("/a/b", "/a"));
+        assert!(is_within("/a", "/a"));
+        assert!(!is_within("/ab", "/a"));
+    }
+
+    #[test]
+    fn abs_paths_must_be_normalised() {
+        assert!(check_abs("/a/./b").is_err());
+        assert!(check_abs("/a//b").is_err());
+        assert!(check_abs("/a/").is_err());
+        assert!(check_abs("/").is_err());
+        assert!(check_abs("a").is_err());
+        assert!(check_abs("/a/b c").is_ok());
+    }
+}

@@ -1,0 +1,248 @@
+//! `ferry stage`: head node, before the job. Uploads the workdir and the inputs/indices that
+//! S3 does not already hold, then writes the manifest and prints its URL.
+
+use crate::cli::StageArgs;
+use crate::config::Transfer;
+use crate::error::{Error, Result};
+use crate::job::absolute;
+use crate::manifest::{self, Dataset, Entry, Kind, Manifest, Output, Root, Workdir, is_within};
+use crate::store::Store;
+use crate::transfer::{self, Upload};
+use crate::tree;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub async fn run(a: &StageArgs, cfg: Transfer) -> Result<String> {
+    let started = Instant::now();
+    manifest::check_job_id(&a.job_id).map_err(Error::Config)?;
+    let prefix = a.url.key.clone();
+    let workdir = absolute(&a.workdir)?;
+    if !Path::new(&workdir).is_dir() {
+        return Err(Error::io(&workdir, "read workdir", std::io::Error::other("not a directory")));
+    }
+    let ec = match &a.exit_code_file {
+        Some(p) => absolute(p)?,
+        None => format!("{workdir}/galaxy_{}.ec", a.job_id),
+    };
+    let abs_all = |ps: &[PathBuf]| ps.iter().map(|p| absolute(p)).collect::<Result<Vec<_>>>();
+    let (inputs, outputs, indices) = (abs_all(&a.inputs)?, abs_all(&a.outputs)?, abs_all(&a.indices)?);
+
+    tracing::info!(job = %a.job_id, "stage: reading {workdir} and {} inputs, {} indices", inputs.len(), indices.len());
+    let datasets_in = |paths: &[String], key: fn(&str, &str) -> String| {
+        paths.iter().map(|p| dataset(p, &key(&prefix, p))).collect::<Result<Vec<_>>>()
+    };
+    let inputs = datasets_in(&inputs, manifest::data_key)?;
+    let indices = datasets_in(&indices, manifest::refs_key)?;
+    let outputs: Vec<Output> =
+        outputs.iter().map(|p| Output { path: p.clone(), key: manifest::data_key(&prefix, p) }).collect();
+
+    // The workdir without what is staged or collected on its own: datasets, outputs, the .ec.
+    let apart: Vec<&str> = inputs
+        .iter()
+        .chain(&indices)
+        .map(|d| d.path.as_str())
+        .chain(outputs.iter().map(|o| o.path.as_str()))
+        .chain([ec.as_str()])
+        .collect();
+    let wd = PathBuf::from(&workdir);
+    let entries: Vec<Entry> = tree::scan(&wd, &|_, _, _| true)?
+        .into_iter()
+        .filter(|e| !apart.iter().any(|p| is_within(&format!("{workdir}/{}", e.path), p)))
+        .collect();
+
+    let roots = if a.mount_roots.is_empty() {
+        derive_roots(&workdir, &inputs, &indices, &outputs, &ec)?
+    } else {
+        a.mount_roots.iter().map(|p| absolute(p)).collect::<Result<Vec<_>>>()?
+    };
+    let mut roots: Vec<Root> = roots.into_iter().map(|path| Root { path, bytes: 0 }).collect();
+    let wd_bytes: u64 = entries.iter().map(|e| e.size).sum();
+    for (path, bytes) in [(&workdir, wd_bytes)].into_iter().chain(inputs.iter().chain(&indices).map(|d| (&d.path, d.size))) {
+        if let Some(r) = roots.iter_mut().find(|r| is_within(path, &r.path)) {
+            r.bytes += bytes;
+        }
+    }
+
+    let m = Manifest {
+        version: manifest::VERSION,
+        job_id: a.job_id.clone(),
+        bucket: a.url.bucket.clone(),
+        prefix: prefix.clone(),
+        roots,
+        workdir: Workdir { path: workdir.clone(), key: manifest::workdir_key(&prefix, &a.job_id), entries },
+        inputs,
+        outputs,
+        indices,
+        exit_code_file: ec,
+        done_key: manifest::done_key(&prefix, &a.job_id),
+    };
+    // Check before uploading anything: a path outside every root is a usage error, not a surprise in the pod.
+    m.validate().map_err(|r| {
+        Error::Config(format!("{r}; pass --mount-root for each directory the pod should mount"))
+    })?;
+
+    let store = Arc::new(Store::connect(&a.url.bucket).await?);
+    let workdir_files: Vec<Upload> = m
+        .workdir
+        .entries
+        .iter()
+        .filter(|e| e.kind == Kind::File)
+        .map(|e| upload(&wd.join(&e.path), format!("{}/{}", m.workdir.key, e.path), e))
+        .collect();
+    let w = transfer::upload_all(&store, workdir_files, cfg, false, "stage workdir").await?;
+    let d = transfer::upload_all(&store, dataset_uploads(m.inputs.iter().chain(&m.indices)), cfg, true, "stage datasets").await?;
+
+    let key = m.manifest_key();
+    store.put_small(&key, m.to_json(), "application/json").await?;
+    let url = format!("s3://{}/{key}", m.bucket);
+    tracing::info!(
+        job = %m.job_id,
+        "stage done: {}; datasets: {} uploaded, {} already in S3 ({:.1} MiB not sent); {}",
+        crate::progress::summary(w.files + d.files, w.bytes + d.bytes, started.elapsed()),
+        d.files,
+        d.skipped_files,
+        d.skipped_bytes as f64 / 1048576.0,
+        store.requests()
+    );
+    Ok(url)
+}
+
+fn upload(src: &Path, key: String, e: &Entry) -> Upload {
+    Upload { src: src.to_path_buf(), key, size: e.size, crc64nvme: e.crc64nvme.clone().unwrap_or_default() }
+}
+
+/// Every file of the given datasets as an upload.
+pub fn dataset_uploads<'a>(datasets: impl Iterator<Item = &'a Dataset>) -> Vec<Upload> {
+    let mut out = Vec::new();
+    for d in datasets {
+        match d.kind {
+            Kind::File => out.push(Upload {
+                src: PathBuf::from(&d.path),
+                key: d.key.clone(),
+                size: d.size,
+                crc64nvme: d.crc64nvme.clone().unwrap_or_default(),
+            }),
+            _ => out.extend(
+                d.files
+                    .iter()
+                    .filter(|f| f.kind == Kind::File)
+                    .map(|f| upload(&Path::new(&d.path).join(&f.path), format!("{}/{}", d.key, f.path), f)),
+            ),
+        }
+    }
+    out
+}
+
+/// A dataset from a local path: a file (symlinks followed: a dataset is its content) or a directory.
+pub fn dataset(path: &str, key: &str) -> Result<Dataset> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "stat dataset", e))?;
+    if meta.is_dir() {
+        let files = tree::scan(Path::new(path), &|_, _, _| true)?;
+        let size = files.iter().map(|f| f.size).sum();
+        let mode = meta.permissions().mode() & 0o7777;
+        let mtime_ns = transfer::mtime_ns(&meta);
+        return Ok(Dataset { path: path.into(), key: key.into(), kind: Kind::Dir, size, mode, mtime_ns, crc64nvme: None, files });
+    }
+    let (size, mode, mtime_ns, crc) = tree::file_entry(Path::new(path))?;
+    Ok(Dataset {
+        path: path.into(),
+        key: key.into(),
+        kind: Kind::File,
+        size,
+        mode,
+        mtime_ns,
+        crc64nvme: Some(crc),
+        files: vec![],
+    })
+}
+
+/// Default mount roots: the workdir and the datasets' directories, grouped by their first two
+/// path components and reduced to each group's deepest common ancestor; nested roots merged.
+pub fn derive_roots(
+    workdir: &str,
+    inputs: &[Dataset],
+    indices: &[Dataset],
+    outputs: &[Output],
+    ec: &str,
+) -> Result<Vec<String>> {
+    let parent = |p: &str| -> Result<String> {
+        match p.rfind('/') {
+            Some(0) | None => Err(Error::Config(format!(
+                "{p} sits directly under `/`; pass --mount-root with a directory that holds it"
+            ))),
+            Some(i) => Ok(p[..i].to_string()),
+        }
+    };
+    let mut dirs = vec![workdir.to_string()];
+    for d in inputs.iter().chain(indices) {
+        dirs.push(if d.kind == Kind::Dir { d.path.clone() } else { parent(&d.path)? });
+    }
+    for p in outputs.iter().map(|o| o.path.as_str()).chain([ec]) {
+        if !is_within(p, workdir) {
+            dirs.push(parent(p)?);
+        }
+    }
+    let group = |p: &str| p.split('/').take(3).collect::<Vec<_>>().join("/");
+    let mut groups: Vec<(String, String)> = Vec::new(); // (group, common ancestor)
+    for d in dirs {
+        match groups.iter_mut().find(|(g, _)| *g == group(&d)) {
+            Some((_, anc)) => *anc = common_ancestor(anc, &d),
+            None => groups.push((group(&d), d)),
+        }
+    }
+    let mut roots: Vec<String> = groups.into_iter().map(|(_, a)| a).collect();
+    roots.sort_by_key(|r| r.len());
+    let mut out: Vec<String> = Vec::new();
+    for r in roots {
+        if !out.iter().any(|o| is_within(&r, o)) {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+fn common_ancestor(a: &str, b: &str) -> String {
+    let common: Vec<&str> = a.split('/').zip(b.split('/')).take_while(|(x, y)| x == y).map(|(x, _)| x).collect();
+    common.join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str) -> Dataset {
+        Dataset {
+            path: path.into(),
+            key: String::new(),
+            kind: Kind::File,
+            size: 1,
+            mode: 0o644,
+            mtime_ns: 0,
+            crc64nvme: Some(String::new()),
+            files: vec![],
+        }
+    }
+
+    #[test]
+    fn default_roots_are_the_workdir_and_the_common_dataset_directory() {
+        let inputs = [file("/galaxy/files/000/dataset_1.dat"), file("/galaxy/files/001/dataset_2.dat")];
+        let outputs = [Output { path: "/galaxy/files/002/dataset_3.dat".into(), key: String::new() }];
+        let roots = derive_roots("/galaxy/jobs/000/42", &inputs, &[], &outputs, "/galaxy/jobs/000/42/galaxy_42.ec").unwrap();
+        assert_eq!(roots, vec!["/galaxy/files", "/galaxy/jobs/000/42"]);
+    }
+
+    #[test]
+    fn a_dataset_inside_the_workdir_adds_no_root() {
+        let inputs = [file("/w/job/in.txt")];
+        let roots = derive_roots("/w/job", &inputs, &[], &[], "/w/job/x.ec").unwrap();
+        assert_eq!(roots, vec!["/w/job"]);
+    }
+
+    #[test]
+    fn a_dataset_directly_under_slash_needs_an_explicit_root() {
+        let e = derive_roots("/w/job", &[file("/in.txt")], &[], &[], "/w/job/x.ec").unwrap_err();
+        assert!(e.to_string().contains("--mount-root"), "{e}");
+    }
+}

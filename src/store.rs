@@ -1,0 +1,314 @@
+//! The S3 client: configured from the standard AWS chain, with request counters and errors that
+//! name the object. File-granularity helpers only; `transfer` builds on them.
+
+use crate::env;
+use crate::error::{Error, Result};
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// User metadata holding ferry's CRC64-NVME of the whole object (multipart objects included).
+pub const CRC_METADATA: &str = "ferry-crc64nvme";
+
+/// S3 requests made, by kind. Reported in `done.json` and the summaries.
+#[derive(Debug, Default, Serialize, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Requests {
+    pub get: u64,
+    pub put: u64,
+    pub head: u64,
+    pub multipart: u64,
+}
+
+impl std::fmt::Display for Requests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "requests get={} put={} head={} multipart={} list=0", self.get, self.put, self.head, self.multipart)
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    get: AtomicU64,
+    put: AtomicU64,
+    head: AtomicU64,
+    multipart: AtomicU64,
+}
+
+/// What a HEAD says about an object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head {
+    pub size: u64,
+    pub crc64nvme: Option<String>,
+}
+
+pub struct Store {
+    client: Client,
+    pub bucket: String,
+    counters: Counters,
+    /// Multipart uploads in flight (key → upload id), aborted if the process is interrupted.
+    open_uploads: Mutex<HashMap<String, String>>,
+}
+
+fn bool_env(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "yes"))
+}
+
+impl Store {
+    /// A client from the standard AWS chain (env, profile, IRSA/Pod Identity, instance profile),
+    /// with the SDK's standard retry (backoff on 503 SlowDown and 5xx).
+    pub async fn connect(bucket: &str) -> Result<Store> {
+        let attempts = match std::env::var(env::S3_MAX_ATTEMPTS) {
+            Ok(v) => v.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                Error::Config(format!("{}=`{v}` is not a number ≥ 1", env::S3_MAX_ATTEMPTS))
+            })?,
+            Err(_) => 8,
+        };
+        let retry = aws_config::retry::RetryConfig::standard()
+            .with_max_attempts(attempts)
+            .with_max_backoff(Duration::from_secs(20));
+        let region = aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build();
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(region)
+            .retry_config(retry)
+            .timeout_config(timeouts)
+            .load()
+            .await;
+        let conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(bool_env(env::S3_FORCE_PATH_STYLE))
+            .build();
+        Ok(Store {
+            client: Client::from_conf(conf),
+            bucket: bucket.to_string(),
+            counters: Counters::default(),
+            open_uploads: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn requests(&self) -> Requests {
+        let c = &self.counters;
+        Requests {
+            get: c.get.load(Ordering::Relaxed),
+            put: c.put.load(Ordering::Relaxed),
+            head: c.head.load(Ordering::Relaxed),
+            multipart: c.multipart.load(Ordering::Relaxed),
+        }
+    }
+
+    fn err<E>(&self, op: &'static str, key: &str, e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let status = e.raw_response().map(|r| r.status().as_u16());
+        let code = e.code().unwrap_or_default().to_string();
+        let message = DisplayErrorContext(&e).to_string();
+        let (bucket, key) = (self.bucket.clone(), key.to_string());
+        if status == Some(404) || matches!(code.as_str(), "NoSuchKey" | "NotFound" | "NoSuchBucket") {
+            let hint = if code == "NoSuchBucket" {
+                format!(" (bucket {} does not exist)", self.bucket)
+            } else {
+                String::new()
+            };
+            return Error::Missing { op, bucket, key, hint };
+        }
+        if status == Some(403)
+            || matches!(
+                code.as_str(),
+                "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken"
+            )
+        {
+            return Error::Credentials { op, bucket, key, message };
+        }
+        Error::S3 { op, bucket, key, message }
+    }
+
+    /// HEAD; `None` if the object does not exist.
+    pub async fn head(&self, key: &str) -> Result<Option<Head>> {
+        self.counters.head.fetch_add(1, Ordering::Relaxed);
+        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+            Ok(o) => Ok(Some(Head {
+                size: o.content_length().unwrap_or(0).max(0) as u64,
+                crc64nvme: o.metadata().and_then(|m| m.get(CRC_METADATA)).cloned(),
+            })),
+            Err(e) => match self.err("head", key, e) {
+                Error::Missing { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// GET a small object (manifest, done.json) into memory; `None` if it does not exist.
+    pub async fn get_small(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.get(key, None).await {
+            Ok(body) => {
+                let bytes = body.collect().await.map_err(|e| Error::S3 {
+                    op: "get",
+                    bucket: self.bucket.clone(),
+                    key: key.to_string(),
+                    message: format!("body broke: {}", DisplayErrorContext(&e)),
+                })?;
+                Ok(Some(bytes.into_bytes().to_vec()))
+            }
+            Err(Error::Missing { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// GET, optionally a byte range `[start, end]` (inclusive), as a stream.
+    pub async fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<ByteStream> {
+        self.counters.get.fetch_add(1, Ordering::Relaxed);
+        let mut req = self.client.get_object().bucket(&self.bucket).key(key);
+        if let Some((a, b)) = range {
+            req = req.range(format!("bytes={a}-{b}"));
+        }
+        req.send().await.map(|o| o.body).map_err(|e| self.err("get", key, e))
+    }
+
+    /// PUT small bytes (manifest, done.json), checksummed.
+    pub async fn put_small(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<()> {
+        self.counters.put.fetch_add(1, Ordering::Relaxed);
+        let crc = crate::checksum::encode(crate::checksum::of_bytes(&bytes));
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .checksum_crc64_nvme(&crc)
+            .metadata(CRC_METADATA, &crc)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err("put", key, e))
+    }
+
+    /// PUT a whole file whose CRC64-NVME is known: the server verifies it.
+    pub async fn put_file(&self, key: &str, path: &Path, crc64nvme: &str) -> Result<()> {
+        self.counters.put.fetch_add(1, Ordering::Relaxed);
+        let body = ByteStream::from_path(path)
+            .await
+            .map_err(|e| Error::io(path, "open for upload", std::io::Error::other(e)))?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_crc64_nvme(crc64nvme)
+            .metadata(CRC_METADATA, crc64nvme)
+            .body(body)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err("put", key, e))
+    }
+
+    pub async fn create_multipart(&self, key: &str, crc64nvme: &str) -> Result<String> {
+        self.counters.multipart.fetch_add(1, Ordering::Relaxed);
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .metadata(CRC_METADATA, crc64nvme)
+            .send()
+            .await
+            .map_err(|e| self.err("create multipart upload", key, e))?;
+        let id = out.upload_id().unwrap_or_default().to_string();
+        self.open_uploads.lock().expect("lock").insert(key.to_string(), id.clone());
+        Ok(id)
+    }
+
+    /// Uploads bytes `[offset, offset+len)` of `path` as part `number` (1-based), CRC32-checked.
+    pub async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        path: &Path,
+        offset: u64,
+        len: u64,
+    ) -> Result<CompletedPart> {
+        self.counters.multipart.fetch_add(1, Ordering::Relaxed);
+        let body = ByteStream::read_from()
+            .path(path)
+            .offset(offset)
+            .length(aws_sdk_s3::primitives::Length::Exact(len))
+            .build()
+            .await
+            .map_err(|e| Error::io(path, "open for upload", std::io::Error::other(e)))?;
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.err("upload part", key, e))?;
+        Ok(CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(out.e_tag().map(str::to_string))
+            .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
+            .build())
+    }
+
+    pub async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<CompletedPart>) -> Result<()> {
+        self.counters.multipart.fetch_add(1, Ordering::Relaxed);
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| self.err("complete multipart upload", key, e))?;
+        self.open_uploads.lock().expect("lock").remove(key);
+        Ok(())
+    }
+
+    pub async fn abort_multipart(&self, key: &str, upload_id: &str) {
+        self.counters.multipart.fetch_add(1, Ordering::Relaxed);
+        let r = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(key, "could not abort multipart upload: {}", DisplayErrorContext(&e));
+        }
+        self.open_uploads.lock().expect("lock").remove(key);
+    }
+
+    /// Aborts every multipart upload still open (called when interrupted), best effort.
+    pub async fn abort_open_uploads(&self) {
+        let open: Vec<(String, String)> = self.open_uploads.lock().expect("lock").drain().collect();
+        for (key, id) in open {
+            self.abort_multipart(&key, &id).await;
+        }
+    }
+
+    /// Creates the bucket if it does not exist (for local runs and tests).
+    pub async fn ensure_bucket(&self) -> Result<()> {
+        match self.client.create_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) => Ok(()),
+            Err(e) => Err(self.err("create bucket", "", e)),
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! Concurrent transfers between files and S3: bounded concurrency across files and parts,
+//! ranged parallel GETs with positional writes, parallel multipart uploads, checksums,
+//! temp-then-rename so nothing partial is ever at a final path.
+
+use crate::checksum::{self, Crc};
+use crate::config::Transfer;
+use crate::error::{Error, Result};
+use crate::progress::{self, Progress};
+use crate::store::Store;
+use std::fs::{File, FileTimes, OpenOptions, Permissions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// One object to bring into place at `dest`.
+#[derive(Debug, Clone)]
+pub struct Download {
+    pub key: String,
+    pub dest: PathBuf,
+    pub size: u64,
+    pub crc64nvme: String,
+    pub mode: u32,
+    pub mtime_ns: i64,
+}
+
+/// One local file to send to `key`.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub src: PathBuf,
+    pub key: String,
+    pub size: u64,
+    pub crc64nvme: String,
+}
+
+/// What a batch moved and what it found already in place.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub files: u64,
+    pub bytes: u64,
+    pub skipped_files: u64,
+    pub skipped_bytes: u64,
+}
+
+impl Stats {
+    fn add(&mut self, moved: bool, bytes: u64) {
+        if moved {
+            self.files += 1;
+            self.bytes += bytes;
+        } else {
+            self.skipped_files += 1;
+            self.skipped_bytes += bytes;
+        }
+    }
+}
+
+/// How often a body stream that breaks mid-transfer is resumed from where it broke.
+const BODY_ATTEMPTS: u32 = 6;
+
+/// The temporary name beside `dest`: hidden, fixed (a re-run reuses and then removes it).
+pub fn temp_path(dest: &Path) -> PathBuf {
+    let name = dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    dest.with_file_name(format!(".{name}.ferry-tmp"))
+}
+
+fn mtime(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+/// mtime of a file as nanoseconds since the epoch.
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
+}
+
+/// True if `dest` already holds exactly these bytes (size, then checksum).
+fn already_in_place(dest: &Path, size: u64, crc: &str) -> bool {
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) if m.is_file() && m.len() == size => {
+            checksum::of_file(dest).is_ok_and(|(_, c)| checksum::encode(c) == crc)
+        }
+        _ => false,
+    }
+}
+
+/// Creates `dir` and its parents (mode 0755 before umask); refuses to go through a symlink.
+pub fn create_dirs(dir: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(Error::unsafe_path(dir.display().to_string(), "is a symlink where a directory is expected; ferry never writes through symlinks"));
+        }
+        Ok(_) => {
+            return Err(Error::io(dir, "create directory", std::io::Error::other("a file is in the way")));
+        }
+        Err(_) => {}
+    }
+    if let Some(parent) = dir.parent() {
+        create_dirs(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io(dir, "create directory", e)),
+    }
+}
+
+/// Writes small bytes at `dest` atomically (temp, then rename).
+pub fn write_atomic(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    if let Some(parent) = dest.parent() {
+        create_dirs(parent)?;
+    }
+    let tmp = temp_path(dest);
+    let res = (|| {
+        let f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        f.write_all_at(bytes, 0)?;
+        f.set_permissions(Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, dest)
+    })();
+    res.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(dest, "write", e)
+    })
+}
+
+/// Places a symlink at `dest` pointing to `target` (never followed), replacing what is there.
+pub fn place_symlink(dest: &Path, target: &str) -> Result<()> {
+    if let Ok(existing) = std::fs::read_link(dest) {
+        if existing.as_os_str() == target {
+            return Ok(());
+        }
+    }
+    let tmp = temp_path(dest);
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).map_err(|e| Error::io(&tmp, "create symlink", e))?;
+    std::fs::rename(&tmp, dest).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(dest, "place symlink", e)
+    })
+}
+
+/// Downloads every item, `concurrency` files or parts at a time, big files in ranged parts.
+pub async fn download_all(
+    store: &Arc<Store>,
+    mut items: Vec<Download>,
+    cfg: Transfer,
+    label: &'static str,
+) -> Result<Stats> {
+    let total: u64 = items.iter().map(|d| d.size).sum();
+    let (progress, _reporter) = Progress::start(label, items.len() as u64, total);
+    // Biggest first: their parts fill the pipe while small files queue behind them.
+    items.sort_by(|a, b| b.size.cmp(&a.size));
+    let sem = Arc::new(Semaphore::new(cfg.concurrency.get()));
+    let mut set = JoinSet::new();
+    for item in items {
+        let (store, sem, progress) = (store.clone(), sem.clone(), progress.clone());
+        let part = cfg.part_size.for_object(item.size);
+        set.spawn(async move {
+            let moved = download_one(&store, &sem, &item, part, &progress).await?;
+            progress.file_done();
+            Ok::<_, Error>((moved, item.size))
+        });
+    }
+    let stats = join_stats(&mut set).await?;
+    if stats.files > 0 || stats.skipped_files > 0 {
+        tracing::info!(
+            "{label}: {}; {} files already in place",
+            progress::summary(stats.files, stats.bytes, progress.elapsed()),
+            stats.skipped_files
+        );
+    }
+    Ok(stats)
+}
+
+async fn join_stats(set: &mut JoinSet<Result<(bool, u64)>>) -> Result<Stats> {
+    let mut stats = Stats::default();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(Ok((moved, bytes))) => stats.add(moved, bytes),
+            Ok(Err(e)) => {
+                set.abort_all();
+                return Err(e);
+            }
+            Err(e) => {
+                set.abort_all();
+                return Err(Error::Io {
+                    path: PathBuf::new(),
+                    what: "transfer task",
+                    source: std::io::Error::other(e.to_string()),
+                });
+            }
+        }
+    }
+    Ok(stats)
+}
+
+async fn download_one(
+    store: &Arc<Store>,
+    sem: &Arc<Semaphore>,
+    item: &Download,
+    part: u64,
+    progress: &Arc<Progress>,
+) -> Result<bool> {
+    let dest = item.dest.clone();
+    let (size, crc) = (item.size, item.crc64nvme.clone());
+    let in_place = tokio::task::spawn_blocking(move || already_in_place(&dest, size, &crc))
+        .await
+        .unwrap_or(false);
+    if in_place {
+        progress.add_bytes(item.size);
+        return Ok(false);
+    }
+    if let Some(parent) = item.dest.parent() {
+        create_dirs(parent)?;
+    }
+    let tmp = temp_path(&item.dest);
+    let result = fetch_to_temp(store, sem, item, part, &tmp, progress).await;
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(true)
+}
+
+async fn fetch_to_temp(
+    store: &Arc<Store>,
+    sem: &Arc<Semaphore>,
+    item: &Download,
+    part: u64,
+    tmp: &Path,
+    progress: &Arc<Progress>,
+) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(tmp)
+        .map_err(|e| Error::io(tmp, "create", e))?;
+    file.set_len(item.size).map_err(|e| Error::io(tmp, "preallocate", e))?;
+    let file = Arc::new(file);
+    let crc = if item.size == 0 {
+        checksum::of_bytes(b"")
+    } else if item.size <= part {
+        let _permit = sem.acquire().await.expect("semaphore open");
+        fetch_range(store, &item.key, None, item.size, &file, tmp, progress).await?
+    } else {
+        let mut set = JoinSet::new();
+        let mut start = 0;
+        while start < item.size {
+            let len = part.min(item.size - start);
+            let (store, sem, file, progress) = (store.clone(), sem.clone(), file.clone(), progress.clone());
+            let (key, tmp) = (item.key.clone(), tmp.to_path_buf());
+            set.spawn(async move {
+                let _permit = sem.acquire_owned().await.expect("semaphore open");
+                let crc = fetch_range(&store, &key, Some(start), len, &file, &tmp, &progress).await?;
+                Ok::<_, Error>((start, len, crc))
+            });
+            start += len;
+        }
+        let mut parts = Vec::new();
+        while let Some(j) = set.join_next().await {
+            match j {
+                Ok(Ok(p)) => parts.push(p),
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(Error::io(tmp, "download part", std::io::Error::other(e.to_string()))),
+            }
+        }
+        parts.sort_by_key(|p| p.0);
+        parts.iter().skip(1).fold(parts[0].2, |acc, &(_, len, crc)| checksum::combine(acc, crc, len))
+    };
+    let got = checksum::encode(crc);
+    if got != item.crc64nvme {
+        return Err(Error::Checksum {
+            what: format!("crc64nvme of s3://{}/{} (for {})", store.bucket, item.key, item.dest.display()),
+            expected: item.crc64nvme.clone(),
+            actual: got,
+        });
+    }
+    file.set_permissions(Permissions::from_mode(item.mode & 0o7777))
+        .map_err(|e| Error::io(tmp, "set mode", e))?;
+    file.set_times(FileTimes::new().set_modified(mtime(item.mtime_ns)))
+        .map_err(|e| Error::io(tmp, "set mtime", e))?;
+    drop(file);
+    std::fs::rename(tmp, &item.dest).map_err(|e| Error::io(&item.dest, "rename into place", e))
+}
+
+/// GETs `len` bytes (at `start`, or the whole object) into `file`, resuming a body that breaks.
+async fn fetch_range(
+    store: &Store,
+    key: &str,
+    start: Option<u64>,
+    len: u64,
+    file: &File,
+    tmp: &Path,
+    progress: &Progress,
+) -> Result<u64> {
+    let base = start.unwrap_or(0);
+    let mut crc = Crc::default();
+    let mut done = 0u64;
+    let mut attempt = 0;
+    loop {
+        let range = (start.is_some() || done > 0).then(|| (base + done, base + len - 1));
+        let mut body = store.get(key, range).await?;
+        let broke = loop {
+            match body.try_next().await {
+                Ok(Some(chunk)) => {
+                    if done + chunk.len() as u64 > len {
+                        return Err(Error::Checksum {
+                            what: format!("size of s3://{}/{key}", store.bucket),
+                            expected: format!("{len} bytes"),
+                            actual: "more bytes".into(),
+                        });
+                    }
+                    file.write_all_at(&chunk, base + done).map_err(|e| Error::io(tmp, "write", e))?;
+                    crc.update(&chunk);
+                    done += chunk.len() as u64;
+                    progress.add_bytes(chunk.len() as u64);
+                }
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        match broke {
+            None if done == len => return Ok(crc.value()),
+            None => {
+                return Err(Error::Checksum {
+                    what: format!("size of s3://{}/{key}", store.bucket),
+                    expected: format!("{len} bytes"),
+                    actual: format!("{done} bytes"),
+                });
+            }
+            Some(e) => {
+                attempt += 1;
+                if attempt >= BODY_ATTEMPTS {
+                    return Err(Error::S3 {
+                        op: "get",
+                        bucket: store.bucket.clone(),
+                        key: key.to_string(),
+                        message: format!("body broke {attempt} times, last: {e}"),
+                    });
+                }
+                tracing::warn!(key, done, "body broke mid-transfer ({e}); resuming at byte {}", base + done);
+                tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
+            }
+        }
+    }
+}
+
+/// Uploads every item; with `skip_present`, one HEAD first skips objects S3 already holds
+/// with the same size and checksum.
+pub async fn upload_all(
+    store: &Arc<Store>,
+    mut items: Vec<Upload>,
+    cfg: Transfer,
+    skip_present: bool,
+    label: &'static str,
+) -> Result<Stats> {
+    let total: u64 = items.iter().map(|u| u.size).sum();
+    let (progress, _reporter) = Progress::start(label, items.len() as u64, total);
+    items.sort_by(|a, b| b.size.cmp(&a.size));
+    let sem = Arc::new(Semaphore::new(cfg.concurrency.get()));
+    let mut set = JoinSet::new();
+    for item in items {
+        let (store, sem, progress) = (store.clone(), sem.clone(), progress.clone());
+        let part = cfg.part_size.for_object(item.size);
+        set.spawn(async move {
+            let moved = upload_one(&store, &sem, &item, part, skip_present, &progress).await?;
+            progress.file_done();
+            Ok::<_, Error>((moved, item.size))
+        });
+    }
+    let stats = join_stats(&mut set).await?;
+    if stats.files > 0 || stats.skipped_files > 0 {
+        tracing::info!(
+            "{label}: {}; {} files already in S3",
+            progress::summary(stats.files, stats.bytes, progress.elapsed()),
+            stats.skipped_files
+        );
+    }
+    Ok(stats)
+}
+
+async fn upload_one(
+    store: &Arc<Store>,
+    sem: &Arc<Semaphore>,
+    item: &Upload,
+    part: u64,
+    skip_present: bool,
+    progress: &Arc<Progress>,
+) -> Result<bool> {
+    if skip_present {
+        let _permit = sem.acquire().await.expect("semaphore open");
+        if let Some(h) = store.head(&item.key).await? {
+            if h.size == item.size && h.crc64nvme.as_deref() == Some(item.crc64nvme.as_str()) {
+                progress.add_bytes(item.size);
+                return Ok(false);
+            }
+        }
+    }
+    if item.size <= part {
+        let _permit = sem.acquire().await.expect("semaphore open");
+        store.put_file(&item.key, &item.src, &item.crc64nvme).await?;
+        progress.add_bytes(item.size);
+        return Ok(true);
+    }
+    let id = store.create_multipart(&item.key, &item.crc64nvme).await?;
+    let mut set = JoinSet::new();
+    let (mut start, mut number) = (0u64, 1i32);
+    while start < item.size {
+        let len = part.min(item.size - start);
+        let (store, sem, progress) = (store.clone(), sem.clone(), progress.clone());
+        let (key, id, src) = (item.key.clone(), id.clone(), item.src.clone());
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await.expect("semaphore open");
+            let p = store.upload_part(&key, &id, number, &src, start, len).await?;
+            progress.add_bytes(len);
+            Ok::<_, Error>(p)
+        });
+        start += len;
+        number += 1;
+    }
+    let mut parts = Vec::new();
+    let mut failure = None;
+    while let Some(j) = set.join_next().await {
+        match j {
+            Ok(Ok(p)) => parts.push(p),
+            Ok(Err(e)) => {
+                failure = Some(e);
+                break;
+            }
+            Err(e) => {
+                failure = Some(Error::io(&item.src, "upload part", std::io::Error::other(e.to_string())));
+                break;
+            }
+        }
+    }
+    if let Some(e) = failure {
+        set.abort_all();
+        store.abort_multipart(&item.key, &id).await;
+        return Err(e);
+    }
+    parts.sort_by_key(|p| p.part_number());
+    if let Err(e) = store.complete_multipart(&item.key, &id, parts).await {
+        store.abort_multipart(&item.key, &id).await;
+        return Err(e);
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_temporary_name_is_hidden_beside_the_final_one() {
+        assert_eq!(temp_path(Path::new("/a/b/out.txt")), PathBuf::from("/a/b/.out.txt.ferry-tmp"));
+    }
+
+    #[test]
+    fn write_atomic_leaves_only_the_final_file() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("sub/x.ec");
+        write_atomic(&dest, b"3\n", 0o644).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"3\n");
+        let names: Vec<_> = std::fs::read_dir(d.path().join("sub")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("x.ec")]);
+    }
+
+    #[test]
+    fn create_dirs_refuses_to_go_through_a_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/tmp", d.path().join("link")).unwrap();
+        let e = create_dirs(&d.path().join("link/inner")).unwrap_err();
+        assert!(e.to_string().contains("never writes through symlinks"), "{e}");
+    }
+
+    #[test]
+    fn a_symlink_is_placed_verbatim_and_replaced_when_its_target_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let l = d.path().join("l");
+        place_symlink(&l, "../../etc/passwd").unwrap();
+        assert_eq!(std::fs::read_link(&l).unwrap(), PathBuf::from("../../etc/passwd"));
+        place_symlink(&l, "other").unwrap();
+        assert_eq!(std::fs::read_link(&l).unwrap(), PathBuf::from("other"));
+    }
+}
