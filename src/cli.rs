@@ -57,6 +57,36 @@ pub enum Command {
     Collect(CollectArgs),
     /// One line: staged / done exit=N / missing.
     Status(ManifestArg),
+    /// Add ferry's init container, sidecar and volumes to a Pod, Job or pod template (YAML or JSON).
+    ///
+    /// Example:
+    ///   ferry inject --manifest s3://bucket/ferry/jobs/42/manifest.json \
+    ///     --image registry.example/ferry:0.1 -f job.yaml > job-ferry.yaml
+    Inject(InjectArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SidecarKind {
+    /// Kubernetes ≥ 1.29: the first init container, `restartPolicy: Always`.
+    Native,
+    /// Older clusters and podman: a regular container with `shareProcessNamespace: true`.
+    SharedPid,
+}
+
+#[derive(Args, Debug)]
+pub struct InjectArgs {
+    /// The manifest: its s3:// URL (read from S3) or a local JSON file.
+    #[arg(long, env = "FERRY_MANIFEST")]
+    pub manifest: String,
+    /// The ferry image for the init container and the sidecar.
+    #[arg(long)]
+    pub image: String,
+    /// How the sidecar runs.
+    #[arg(long, value_enum, default_value = "native")]
+    pub sidecar: SidecarKind,
+    /// The Pod, Job or pod template to change; `-` reads stdin.
+    #[arg(short = 'f', long = "file", default_value = "-")]
+    pub file: String,
 }
 
 #[derive(Args, Debug)]

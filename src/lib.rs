@@ -11,6 +11,7 @@ pub mod done;
 pub mod env;
 pub mod error;
 pub mod init;
+pub mod inject;
 pub mod job;
 pub mod manifest;
 pub mod progress;
@@ -78,6 +79,7 @@ pub async fn run(cli: Cli) -> Result<Option<String>> {
             let job = job::Job::load(&a.manifest.manifest, a.root).await?;
             interruptible(collect::run(&job, Duration::from_secs(a.wait), cfg)).await.map(|_| None)
         }
+        Command::Inject(a) => inject::run(&a).await.map(Some),
         Command::Status(a) => match job::Job::load(&a.manifest, None).await {
             Ok(job) => status::line(&job).await.map(Some),
             Err(e @ Error::Missing { .. }) => {
