@@ -87,6 +87,9 @@ pub struct InjectArgs {
     /// The Pod, Job or pod template to change; `-` reads stdin.
     #[arg(short = 'f', long = "file", default_value = "-")]
     pub file: String,
+    /// Extra environment for ferry's containers, NAME=VALUE (repeatable), e.g. AWS_ENDPOINT_URL=…
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
 }
 
 #[derive(Args, Debug)]

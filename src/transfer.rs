@@ -219,13 +219,19 @@ async fn download_one(
     if let Some(parent) = item.dest.parent() {
         create_dirs(parent)?;
     }
-    let tmp = temp_path(&item.dest);
-    let result = fetch_to_temp(store, sem, item, part, &tmp, progress).await;
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+    let tmp = TempFile(temp_path(&item.dest));
+    fetch_to_temp(store, sem, item, part, &tmp.0, progress).await?;
     Ok(true)
+}
+
+/// Removes the temporary file when dropped: on error, and when the task is cancelled
+/// (another file failed, or SIGTERM). After the rename there is nothing left to remove.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 async fn fetch_to_temp(
