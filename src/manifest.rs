@@ -549,3 +549,115 @@ pub(crate) mod tests {
         assert!(check_abs("/a/b c").is_ok());
     }
 }
+
+#[cfg(test)]
+mod schema_tests {
+    //! The published JSON Schema and the serde types describe the same document.
+    use super::tests::sample;
+    use super::*;
+    use serde_json::Value;
+
+    fn schema() -> Value {
+        serde_json::from_str(include_str!("../schema/manifest-v1.schema.json")).expect("schema is JSON")
+    }
+
+    fn resolve<'a>(schema: &'a Value, node: &'a Value) -> &'a Value {
+        match node.get("$ref").and_then(Value::as_str) {
+            Some(r) => {
+                let name = r.strip_prefix("#/$defs/").expect("local ref");
+                resolve(schema, &schema["$defs"][name])
+            }
+            None => node,
+        }
+    }
+
+    /// Walks a serialised manifest alongside the schema: every object's keys are declared
+    /// properties, its required properties are present, and closed objects stay closed.
+    fn check(schema: &Value, node: &Value, value: &Value, at: &str) {
+        let node = resolve(schema, node);
+        match value {
+            Value::Object(map) => {
+                assert_eq!(node["additionalProperties"], Value::Bool(false), "{at}: schema object not closed");
+                let props = node["properties"].as_object().unwrap_or_else(|| panic!("{at}: no properties"));
+                for (k, v) in map {
+                    let sub = props.get(k).unwrap_or_else(|| panic!("{at}.{k}: serde field missing from the schema"));
+                    check(schema, sub, v, &format!("{at}.{k}"));
+                }
+                for r in node["required"].as_array().into_iter().flatten() {
+                    let r = r.as_str().unwrap();
+                    assert!(map.contains_key(r), "{at}.{r}: required by the schema but not serialised");
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    check(schema, &node["items"], item, &format!("{at}[{i}]"));
+                }
+            }
+            Value::String(s) => {
+                if let Some(allowed) = node.get("enum").and_then(Value::as_array) {
+                    assert!(allowed.iter().any(|a| a == s), "{at}: `{s}` not in the schema's enum");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A manifest that uses every field: a directory dataset, an index, every entry kind.
+    fn full() -> Manifest {
+        let mut m = sample();
+        m.workdir.entries.push(Entry {
+            path: "empty".into(),
+            kind: Kind::Dir,
+            size: 0,
+            mode: 0o755,
+            mtime_ns: 5,
+            crc64nvme: None,
+            target: None,
+        });
+        m.indices.push(Dataset {
+            path: "/galaxy/files/ref".into(),
+            key: "ferry/refs/galaxy/files/ref".into(),
+            kind: Kind::Dir,
+            size: 3,
+            mode: 0o755,
+            mtime_ns: 1,
+            crc64nvme: None,
+            files: vec![m.workdir.entries[0].clone()],
+        });
+        m.validate().unwrap();
+        m
+    }
+
+    #[test]
+    fn every_serde_field_is_in_the_schema_and_every_required_field_is_serialised() {
+        let s = schema();
+        let v = serde_json::to_value(full()).unwrap();
+        check(&s, &s, &v, "manifest");
+    }
+
+    #[test]
+    fn the_schema_declares_no_field_that_serde_does_not_know() {
+        // Every property the schema declares for the manifest object is a field serde accepts.
+        let s = schema();
+        let v = serde_json::to_value(full()).unwrap();
+        for k in s["properties"].as_object().unwrap().keys() {
+            assert!(v.get(k).is_some(), "schema property `{k}` is not a manifest field");
+        }
+        for def in ["entry", "dataset", "root", "workdir", "output"] {
+            let props: Vec<&String> = s["$defs"][def]["properties"].as_object().unwrap().keys().collect();
+            let mut probe = serde_json::Map::new();
+            for p in &props {
+                probe.insert((*p).clone(), Value::Null);
+            }
+            // deny_unknown_fields: an unknown key would fail with "unknown field"; known ones fail otherwise.
+            let err = match def {
+                "entry" => serde_json::from_value::<Entry>(Value::Object(probe)).unwrap_err(),
+                "dataset" => serde_json::from_value::<Dataset>(Value::Object(probe)).unwrap_err(),
+                "root" => serde_json::from_value::<Root>(Value::Object(probe)).unwrap_err(),
+                "workdir" => serde_json::from_value::<Workdir>(Value::Object(probe)).unwrap_err(),
+                _ => serde_json::from_value::<Output>(Value::Object(probe)).unwrap_err(),
+            };
+            assert!(!err.to_string().contains("unknown field"), "{def}: {err}");
+        }
+    }
+}
