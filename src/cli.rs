@@ -63,6 +63,21 @@ pub enum Command {
     ///   ferry inject --manifest s3://bucket/ferry/jobs/42/manifest.json \
     ///     --image registry.example/ferry:0.1 -f job.yaml > job-ferry.yaml
     Inject(InjectArgs),
+    /// Run a command, pass its stdio and signals through, and write its exit code to a file.
+    ///
+    /// Example (what `inject --wrap` puts in a tool container):
+    ///   /ferry-bin/ferry exec --exit-code-file /work/job/exit.code -- samtools sort in.bam
+    Exec(ExecArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Where to write the exit code (128 + signal number when the command is killed).
+    #[arg(long)]
+    pub exit_code_file: PathBuf,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

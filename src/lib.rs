@@ -10,6 +10,7 @@ pub mod config;
 pub mod done;
 pub mod env;
 pub mod error;
+pub mod exec;
 pub mod init;
 pub mod inject;
 pub mod job;
@@ -52,15 +53,26 @@ async fn interruptible<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
     }
 }
 
-/// Runs one command; returns what it prints on stdout.
-pub async fn run(cli: Cli) -> Result<Option<String>> {
+/// What a command leaves for `main`: a line for stdout, and the process exit code.
+pub struct Outcome {
+    pub stdout: Option<String>,
+    pub code: u8,
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> Result<Outcome> {
     let cfg = config::Transfer { concurrency: cli.transfer.concurrency, part_size: cli.transfer.part_size };
+    let print = |line: String| Outcome { stdout: Some(line), code: 0 };
+    let done = Outcome { stdout: None, code: 0 };
     match cli.command {
-        Command::Stage(a) => interruptible(stage::run(&a, cfg)).await.map(Some),
+        Command::Exec(a) => {
+            let code = exec::run(&a.exit_code_file, &a.command).await?;
+            Ok(Outcome { stdout: None, code: (code & 0xff) as u8 })
+        }
+        Command::Stage(a) => interruptible(stage::run(&a, cfg)).await.map(print),
         Command::Init(a) => {
             let job = job::Job::load(&a.manifest.manifest, a.root).await?;
-            let r = interruptible(init::run(&job, cfg)).await;
-            r.map(|_| None)
+            interruptible(init::run(&job, cfg)).await.map(|_| done)
         }
         Command::Sidecar(a) => {
             let job = interruptible(job::Job::load(&a.manifest.manifest, a.root)).await?;
@@ -73,15 +85,15 @@ pub async fn run(cli: Cli) -> Result<Option<String>> {
             if matches!(r, Err(Error::Interrupted(_))) {
                 job.store.abort_open_uploads().await;
             }
-            r.map(|_| None)
+            r.map(|_| done)
         }
         Command::Collect(a) => {
             let job = job::Job::load(&a.manifest.manifest, a.root).await?;
-            interruptible(collect::run(&job, Duration::from_secs(a.wait), cfg)).await.map(|_| None)
+            interruptible(collect::run(&job, Duration::from_secs(a.wait), cfg)).await.map(|_| done)
         }
-        Command::Inject(a) => inject::run(&a).await.map(Some),
+        Command::Inject(a) => inject::run(&a).await.map(print),
         Command::Status(a) => match job::Job::load(&a.manifest, None).await {
-            Ok(job) => status::line(&job).await.map(Some),
+            Ok(job) => status::line(&job).await.map(print),
             Err(e @ Error::Missing { .. }) => {
                 println!("missing {}", a.manifest);
                 Err(e)

@@ -13,10 +13,10 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(ferry::run(cli)) {
         Ok(out) => {
-            if let Some(line) = out {
+            if let Some(line) = out.stdout {
                 println!("{line}");
             }
-            std::process::ExitCode::SUCCESS
+            std::process::ExitCode::from(out.code)
         }
         Err(e) => {
             tracing::error!("{e}");
