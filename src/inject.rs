@@ -1,8 +1,1171 @@
 //! `ferry inject`: adds ferry's init container, sidecar and volumes to a Pod, Job or pod template.
+//!
+//! The input is handled as a generic YAML tree (no typed Kubernetes structs): everything ferry does
+//! not own stays as it was, in the same key order. What ferry owns is recognised by name, so
+//! injecting twice gives the same YAML as injecting once:
+//! - containers `ferry-init` and `ferry-sidecar` (or `z…z-ferry-sidecar`, see [`sidecar_name`]),
+//!   in `initContainers` or `containers`: these names are reserved;
+//! - `emptyDir` volumes named `ferry-…-r<N>` (see [`volume_names`]) and every mount of them.
+//!
+//! One emptyDir per manifest root, mounted at the root's own path (no `subPath`, which podman
+//! ignores on an emptyDir) in ferry's containers and in every other container of the pod.
 
-use crate::cli::InjectArgs;
+use crate::cli::{InjectArgs, SidecarKind};
+use crate::config::{Concurrency, PartSize, Transfer};
+use crate::env;
 use crate::error::{Error, Result};
+use crate::job::Job;
+use crate::manifest::{Manifest, is_within};
+use serde_yaml_ng::{Mapping, Value};
+use std::io::Read;
 
-pub async fn run(_args: &InjectArgs) -> Result<String> {
-    Err(Error::Yaml("inject is not implemented yet".into()))
+pub const INIT_NAME: &str = "ferry-init";
+pub const SIDECAR_NAME: &str = "ferry-sidecar";
+/// The ferry image's own user (`USER 65532:65532`), used unless the tool names its user.
+const DEFAULT_ID: i64 = 65532;
+/// Seconds the sidecar gets to upload after SIGTERM (native mode, eviction, deletion).
+const GRACE_SECONDS: i64 = 300;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+/// Memory beyond the transfer buffers: runtime, SDK, TLS, file lists.
+const MEMORY_OVERHEAD: u64 = 256 * MIB;
+/// Longest Kubernetes object name that is a DNS-1123 label (volume names).
+const MAX_LABEL: usize = 63;
+
+const SUPPORTED: &str = "a Pod (v1), a Job (batch/v1), a PodTemplate (v1), a bare pod template \
+(`metadata` + `spec`) or a bare pod spec (`containers: …`)";
+
+/// What to inject besides the manifest.
+#[derive(Debug, Clone, Copy)]
+pub struct Options<'a> {
+    /// `FERRY_MANIFEST` of ferry's containers: always an `s3://` URL.
+    pub manifest_url: &'a str,
+    /// The ferry image (ENTRYPOINT `/ferry`).
+    pub image: &'a str,
+    pub sidecar: SidecarKind,
+    /// Extra environment of ferry's containers, after ferry's own (a same name replaces).
+    pub extra_env: &'a [(String, String)],
+}
+
+pub async fn run(args: &InjectArgs) -> Result<String> {
+    let extra_env = parse_env(&args.env)?;
+    let (manifest, manifest_url) = load_manifest(&args.manifest).await?;
+    let input = read_input(&args.file)?;
+    let opts = Options {
+        manifest_url: &manifest_url,
+        image: &args.image,
+        sidecar: args.sidecar,
+        extra_env: &extra_env,
+    };
+    inject(&input, &manifest, &opts)
+}
+
+/// `NAME=VALUE` pairs (`--env`); the value may be empty or contain `=`.
+pub fn parse_env(pairs: &[String]) -> Result<Vec<(String, String)>> {
+    pairs
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+            _ => Err(Error::Config(format!("--env `{p}` is not NAME=VALUE"))),
+        })
+        .collect()
+}
+
+/// The manifest and the `s3://` URL ferry's containers read it from.
+async fn load_manifest(arg: &str) -> Result<(Manifest, String)> {
+    if arg.starts_with("s3://") {
+        let job = Job::load(arg, None).await?;
+        return Ok((job.manifest, arg.to_string()));
+    }
+    let bytes = std::fs::read(arg).map_err(|e| Error::io(arg, "read manifest", e))?;
+    let manifest = Manifest::from_json(&bytes).map_err(|r| Error::manifest(arg, r))?;
+    let url = format!("s3://{}/{}", manifest.bucket, manifest.manifest_key());
+    Ok((manifest, url))
+}
+
+fn read_input(file: &str) -> Result<String> {
+    if file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| Error::io("<stdin>", "read", e))?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(file).map_err(|e| Error::io(file, "read", e))
+    }
+}
+
+/// Injects into one YAML or JSON document; returns YAML.
+pub fn inject(input: &str, manifest: &Manifest, opts: &Options) -> Result<String> {
+    let mut doc = parse(input)?;
+    inject_value(&mut doc, manifest, opts)?;
+    serde_yaml_ng::to_string(&doc).map_err(|e| Error::Yaml(format!("cannot write the result: {e}")))
+}
+
+fn parse(input: &str) -> Result<Value> {
+    let doc = match serde_yaml_ng::from_str::<Value>(input) {
+        Ok(v) => v,
+        // libyaml reads nearly all JSON; serde_json covers the rest (key order is then sorted).
+        Err(yaml) => match serde_json::from_str::<serde_json::Value>(input) {
+            Ok(j) => serde_yaml_ng::to_value(j).map_err(|e| Error::Yaml(e.to_string()))?,
+            Err(_) => {
+                return Err(Error::Yaml(format!(
+                    "the input is not one YAML or JSON document ({yaml}); give {SUPPORTED}"
+                )));
+            }
+        },
+    };
+    if doc.is_null() {
+        return Err(Error::Yaml(format!("the input is empty; give {SUPPORTED}")));
+    }
+    Ok(doc)
+}
+
+/// Injects into a parsed document (Pod, Job, PodTemplate, pod template or pod spec).
+pub fn inject_value(doc: &mut Value, manifest: &Manifest, opts: &Options) -> Result<()> {
+    let spec = pod_spec(doc)?;
+    inject_pod_spec(spec, manifest, opts)
+}
+
+/// The PodSpec inside the document.
+fn pod_spec(doc: &mut Value) -> Result<&mut Mapping> {
+    let top = doc
+        .as_mapping_mut()
+        .ok_or_else(|| Error::Yaml(format!("the input is not a mapping; give {SUPPORTED}")))?;
+    let kind = top.get("kind").and_then(Value::as_str);
+    let api = top.get("apiVersion").and_then(Value::as_str);
+    let path: &[&str] = match (kind, api) {
+        (Some("Pod"), None | Some("v1")) => &["spec"],
+        (Some("Job"), None | Some("batch/v1")) => &["spec", "template", "spec"],
+        (Some("PodTemplate"), None | Some("v1")) => &["template", "spec"],
+        (Some(k), Some(a)) if ["Pod", "Job", "PodTemplate"].contains(&k) => {
+            return Err(Error::Yaml(format!(
+                "apiVersion `{a}` of kind {k} is not supported; give {SUPPORTED}"
+            )));
+        }
+        (Some(k), _) => {
+            return Err(Error::Yaml(format!(
+                "kind `{k}` is not supported; give {SUPPORTED}"
+            )));
+        }
+        (None, _) if top.contains_key("containers") => &[],
+        (None, _) if top.get("spec").is_some_and(Value::is_mapping) => &["spec"],
+        (None, _) => {
+            return Err(Error::Yaml(format!(
+                "the input has no `kind`, `spec` or `containers`; give {SUPPORTED}"
+            )));
+        }
+    };
+    let what = kind.unwrap_or("pod template").to_string();
+    let mut map = top;
+    for (i, key) in path.iter().enumerate() {
+        map = map
+            .get_mut(*key)
+            .and_then(Value::as_mapping_mut)
+            .ok_or_else(|| {
+                Error::Yaml(format!(
+                    "the {what} has no `{}` mapping",
+                    path[..=i].join(".")
+                ))
+            })?;
+    }
+    Ok(map)
+}
+
+/// Adds volumes, mounts, the init container, the sidecar and the pod-level settings.
+pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) -> Result<()> {
+    let names = volume_names(&manifest.job_id, manifest.roots.len());
+
+    // 1. Remove what an earlier injection added.
+    let mut ours: Vec<String> = names.clone();
+    if let Some(vols) = spec.get_mut("volumes").and_then(Value::as_sequence_mut) {
+        vols.retain(|v| {
+            let name = name_of(v).unwrap_or_default();
+            let mine = is_ferry_volume(v) || names.iter().any(|n| n == name);
+            if mine {
+                ours.push(name.to_string());
+            }
+            !mine
+        });
+    }
+    for list in ["initContainers", "containers"] {
+        if let Some(cs) = spec.get_mut(list).and_then(Value::as_sequence_mut) {
+            cs.retain(|c| !name_of(c).is_some_and(is_ferry_container));
+            for c in cs.iter_mut() {
+                if let Some(mounts) = c.get_mut("volumeMounts").and_then(Value::as_sequence_mut) {
+                    mounts.retain(|m| !name_of(m).is_some_and(|n| ours.iter().any(|o| o == n)));
+                }
+            }
+        }
+    }
+
+    // 2. Check what is left.
+    let tools = spec
+        .get("containers")
+        .and_then(Value::as_sequence)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    if tools.is_empty() {
+        return Err(Error::Yaml(
+            "the pod has no containers: nothing would use the staged files".into(),
+        ));
+    }
+    let mut tool_names = Vec::new();
+    for list in ["initContainers", "containers"] {
+        for c in spec
+            .get(list)
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            let name = name_of(c)
+                .ok_or_else(|| Error::Yaml(format!("an entry of `{list}` has no name")))?;
+            check_mounts(c, name, manifest)?;
+            if list == "containers" {
+                tool_names.push(name.to_string());
+            }
+        }
+    }
+    let user = run_as(spec, &tools[0]);
+
+    // 3. Add ours.
+    let mounts: Vec<Value> = manifest
+        .roots
+        .iter()
+        .zip(&names)
+        .map(|(r, n)| {
+            map([
+                ("name", n.as_str().into()),
+                ("mountPath", r.path.as_str().into()),
+            ])
+        })
+        .collect();
+    let volumes = manifest.roots.iter().zip(&names).map(|(r, n)| {
+        let empty_dir = map([("sizeLimit", quantity(size_limit(r.bytes)).into())]);
+        map([("name", n.as_str().into()), ("emptyDir", empty_dir)])
+    });
+    seq_mut(spec, "volumes", None)?.extend(volumes);
+    for list in ["initContainers", "containers"] {
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_sequence_mut)
+            .into_iter()
+            .flatten()
+        {
+            let c = c
+                .as_mapping_mut()
+                .ok_or_else(|| Error::Yaml(format!("an entry of `{list}` is not a mapping")))?;
+            seq_mut(c, "volumeMounts", None)?.extend(mounts.iter().cloned());
+        }
+    }
+
+    let memory = memory_limit(opts.extra_env)?;
+    let ferry = |name: &str, args: &[&str], env: Vec<(String, String)>| {
+        ferry_container(name, args, env, &mounts, user, memory, opts)
+    };
+    let init = ferry(
+        INIT_NAME,
+        &["init"],
+        ferry_env(opts.manifest_url, None, opts.extra_env),
+    );
+    let mode = match opts.sidecar {
+        SidecarKind::Native => "native",
+        SidecarKind::SharedPid => "shared-pid",
+    };
+    let sidecar_env = ferry_env(opts.manifest_url, Some(mode), opts.extra_env);
+    let inits = seq_mut(spec, "initContainers", Some("containers"))?;
+    match opts.sidecar {
+        SidecarKind::Native => {
+            let mut sidecar = ferry(SIDECAR_NAME, &["sidecar", "--mode", mode], sidecar_env);
+            if let Some(m) = sidecar.as_mapping_mut() {
+                m.insert("restartPolicy".into(), "Always".into());
+            }
+            // First, so it runs beside ferry-init, the user's init containers and the tool.
+            inits.splice(0..0, [sidecar, init]);
+        }
+        SidecarKind::SharedPid => {
+            inits.insert(0, init);
+            let name = sidecar_name(&tool_names)?;
+            let sidecar = ferry(&name, &["sidecar", "--mode", mode], sidecar_env);
+            seq_mut(spec, "containers", None)?.push(sidecar);
+            spec.insert("shareProcessNamespace".into(), true.into());
+        }
+    }
+    let grace = match spec.get("terminationGracePeriodSeconds") {
+        None | Some(Value::Null) => GRACE_SECONDS,
+        Some(v) => v.as_i64().ok_or_else(|| {
+            Error::Yaml(format!(
+                "terminationGracePeriodSeconds {v:?} is not a number"
+            ))
+        })?,
+    };
+    spec.insert(
+        "terminationGracePeriodSeconds".into(),
+        grace.max(GRACE_SECONDS).into(),
+    );
+    if let Some(vols) = spec.get_mut("volumes") {
+        fix_octal_modes(vols);
+    }
+    Ok(())
+}
+
+/// `initContainers`, `volumes`…: the sequence at `key`, created (before `before`, if that key
+/// exists, else last) when absent.
+fn seq_mut<'a>(m: &'a mut Mapping, key: &str, before: Option<&str>) -> Result<&'a mut Vec<Value>> {
+    if m.get(key).is_none_or(Value::is_null) {
+        match before.filter(|b| m.contains_key(*b)) {
+            Some(b) => {
+                let old = std::mem::take(m);
+                for (k, v) in old {
+                    if k.as_str() == Some(b) {
+                        m.insert(key.into(), Value::Sequence(vec![]));
+                    }
+                    m.insert(k, v);
+                }
+            }
+            None => {
+                m.insert(key.into(), Value::Sequence(vec![]));
+            }
+        }
+    }
+    m.get_mut(key)
+        .and_then(Value::as_sequence_mut)
+        .ok_or_else(|| Error::Yaml(format!("`{key}` is not a list")))
+}
+
+fn map<const N: usize>(pairs: [(&str, Value); N]) -> Value {
+    Value::Mapping(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect(),
+    )
+}
+
+fn name_of(v: &Value) -> Option<&str> {
+    v.get("name").and_then(Value::as_str)
+}
+
+/// `ferry-init`, `ferry-sidecar`, `zz-ferry-sidecar`, `zzz-ferry-sidecar`…
+fn is_ferry_container(name: &str) -> bool {
+    name == INIT_NAME
+        || name.strip_suffix(SIDECAR_NAME).is_some_and(|p| {
+            p.is_empty()
+                || (p.len() >= 3
+                    && p.strip_suffix('-')
+                        .is_some_and(|z| z.bytes().all(|b| b == b'z')))
+        })
+}
+
+/// An emptyDir named `ferry-…-r<N>`, as [`volume_names`] makes them.
+fn is_ferry_volume(v: &Value) -> bool {
+    let Some(name) = name_of(v) else { return false };
+    let index = name.rsplit_once("-r").map(|(_, i)| i).unwrap_or_default();
+    name.starts_with("ferry-")
+        && !index.is_empty()
+        && index.bytes().all(|b| b.is_ascii_digit())
+        && v.get("emptyDir").is_some()
+}
+
+/// One volume name per root: `ferry-<job id>-r<index>`, a DNS-1123 label of ≤ 63 characters.
+///
+/// The job id is in the name because podman shares same-named volumes between pods. An id that
+/// is not already a label (upper case, `_`, `.`, too long) is cleaned up and gets a hash of the
+/// original, so two ids never share a name.
+pub fn volume_names(job_id: &str, roots: usize) -> Vec<String> {
+    let suffix_len = format!("-r{}", roots.saturating_sub(1)).len();
+    let budget = MAX_LABEL - "ferry-".len() - suffix_len;
+    let mut clean = String::new();
+    for c in job_id.chars() {
+        match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9') => clean.push(c),
+            _ if !clean.is_empty() && !clean.ends_with('-') => clean.push('-'),
+            _ => {}
+        }
+    }
+    let clean = clean.trim_end_matches('-');
+    let base = if clean == job_id && clean.len() <= budget {
+        clean.to_string()
+    } else {
+        let hash = format!("{:08x}", fnv1a(job_id.as_bytes()) as u32);
+        let keep = clean.len().min(budget - hash.len() - 1);
+        let head = clean[..keep].trim_end_matches('-');
+        if head.is_empty() {
+            hash
+        } else {
+            format!("{head}-{hash}")
+        }
+    };
+    (0..roots).map(|i| format!("ferry-{base}-r{i}")).collect()
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// The shared-pid sidecar's name. Galaxy's runner reads the tool's OOM kill from
+/// `containerStatuses[0]`, and the kubelet sorts that list by container name (byte order), so the
+/// sidecar must sort after every tool container: `ferry-sidecar` if it does, else
+/// `zz-ferry-sidecar`, with one more `z` than the longest run of leading `z`s among the tool names.
+pub fn sidecar_name(tools: &[String]) -> Result<String> {
+    let Some(last) = tools.iter().max() else {
+        return Ok(SIDECAR_NAME.into());
+    };
+    if SIDECAR_NAME > last.as_str() {
+        return Ok(SIDECAR_NAME.into());
+    }
+    let zs = last.bytes().take_while(|&b| b == b'z').count();
+    let name = format!("{}-{SIDECAR_NAME}", "z".repeat((zs + 1).max(2)));
+    if name.len() > MAX_LABEL {
+        return Err(Error::Yaml(format!(
+            "no sidecar name sorts after container `{last}`; rename it"
+        )));
+    }
+    Ok(name)
+}
+
+/// Refuses a mount at or inside a root: the root's emptyDir would hide it, or it would hide files.
+fn check_mounts(c: &Value, container: &str, manifest: &Manifest) -> Result<()> {
+    for m in c
+        .get("volumeMounts")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+    {
+        let Some(raw) = m.get("mountPath").and_then(Value::as_str) else {
+            continue;
+        };
+        let path = normalise(raw);
+        if let Some(root) = manifest.roots.iter().find(|r| is_within(&path, &r.path)) {
+            return Err(Error::Yaml(format!(
+                "container `{container}` mounts volume `{}` at {raw}, inside {}, which ferry mounts as an emptyDir \
+                 holding the staged files; remove that mount or stage the job with other mount roots",
+                name_of(m).unwrap_or("?"),
+                root.path
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `/a//b/./c/` → `/a/b/c` (no `..` resolution: Kubernetes refuses `..` in a mountPath).
+fn normalise(path: &str) -> String {
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    format!("/{}", parts.join("/"))
+}
+
+/// uid and gid for ferry's containers: the tool container's, else the pod's, else 65532, so the
+/// files `init` creates belong to the tool's user. A root tool gets 65532 (ferry never runs as root;
+/// root can write anything anyway).
+fn run_as(spec: &Mapping, tool: &Value) -> (i64, i64) {
+    let pick = |key: &str| {
+        let tool = tool
+            .get("securityContext")
+            .and_then(|s| s.get(key))
+            .and_then(Value::as_i64);
+        let pod = spec
+            .get("securityContext")
+            .and_then(|s| s.get(key))
+            .and_then(Value::as_i64);
+        tool.or(pod)
+    };
+    let uid = pick("runAsUser").filter(|&u| u != 0).unwrap_or(DEFAULT_ID);
+    (uid, pick("runAsGroup").unwrap_or(DEFAULT_ID))
+}
+
+/// `FERRY_MANIFEST`, `FERRY_SIDECAR_MODE` (sidecar only), then `extra` (a same name replaces).
+pub fn ferry_env(
+    manifest_url: &str,
+    sidecar_mode: Option<&str>,
+    extra: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut env = vec![(env::MANIFEST.to_string(), manifest_url.to_string())];
+    if let Some(mode) = sidecar_mode {
+        env.push((env::SIDECAR_MODE.to_string(), mode.to_string()));
+    }
+    append_env(&mut env, extra);
+    env
+}
+
+/// Appends `extra` to `env`; an entry of the same name is replaced in place.
+pub fn append_env(env: &mut Vec<(String, String)>, extra: &[(String, String)]) {
+    for (name, value) in extra {
+        match env.iter_mut().find(|(n, _)| n == name) {
+            Some(e) => e.1 = value.clone(),
+            None => env.push((name.clone(), value.clone())),
+        }
+    }
+}
+
+fn ferry_container(
+    name: &str,
+    args: &[&str],
+    env: Vec<(String, String)>,
+    mounts: &[Value],
+    (uid, gid): (i64, i64),
+    memory: u64,
+    opts: &Options,
+) -> Value {
+    let mut c = Mapping::new();
+    c.insert("name".into(), name.into());
+    c.insert("image".into(), opts.image.into());
+    // Images built locally for podman tests are in no registry.
+    if opts.image.starts_with("localhost/") {
+        c.insert("imagePullPolicy".into(), "Never".into());
+    }
+    c.insert(
+        "args".into(),
+        Value::Sequence(args.iter().map(|&a| a.into()).collect()),
+    );
+    let env = env
+        .into_iter()
+        .map(|(n, v)| map([("name", n.into()), ("value", v.into())]));
+    c.insert("env".into(), Value::Sequence(env.collect()));
+    let resources = map([
+        (
+            "requests",
+            map([("cpu", "50m".into()), ("memory", "64Mi".into())]),
+        ),
+        ("limits", map([("memory", quantity(memory).into())])),
+    ]);
+    c.insert("resources".into(), resources);
+    let security = map([
+        ("runAsNonRoot", true.into()),
+        ("runAsUser", uid.into()),
+        ("runAsGroup", gid.into()),
+        ("allowPrivilegeEscalation", false.into()),
+        ("readOnlyRootFilesystem", true.into()),
+        (
+            "capabilities",
+            map([("drop", Value::Sequence(vec!["ALL".into()]))]),
+        ),
+        ("seccompProfile", map([("type", "RuntimeDefault".into())])),
+    ]);
+    c.insert("securityContext".into(), security);
+    c.insert("volumeMounts".into(), Value::Sequence(mounts.to_vec()));
+    Value::Mapping(c)
+}
+
+/// Memory limit of ferry's containers: one part buffer per concurrent transfer (concurrency ×
+/// part size, from `FERRY_CONCURRENCY` / `FERRY_PART_SIZE` in `extra` or ferry's defaults) plus
+/// 256 MiB for the rest: 512 MiB with the defaults (16 × 16 MiB).
+fn memory_limit(extra: &[(String, String)]) -> Result<u64> {
+    let mut t = Transfer::default();
+    for (name, value) in extra {
+        if name == env::CONCURRENCY {
+            t.concurrency = value.parse::<Concurrency>().map_err(Error::Config)?;
+        } else if name == env::PART_SIZE {
+            t.part_size = value.parse::<PartSize>().map_err(Error::Config)?;
+        }
+    }
+    let buffers = (t.concurrency.get() as u64).saturating_mul(t.part_size.bytes());
+    Ok(buffers.saturating_add(MEMORY_OVERHEAD))
+}
+
+/// emptyDir size: twice the staged bytes (outputs are often as large as the inputs) plus 1 GiB,
+/// rounded up to whole MiB.
+pub fn size_limit(bytes: u64) -> u64 {
+    bytes
+        .saturating_mul(2)
+        .saturating_add(GIB)
+        .div_ceil(MIB)
+        .min(u64::MAX / MIB)
+        * MIB
+}
+
+/// A Kubernetes quantity: `3Gi`, `1025Mi`, or plain bytes.
+pub fn quantity(bytes: u64) -> String {
+    match bytes {
+        b if b >= GIB && b % GIB == 0 => format!("{}Gi", b / GIB),
+        b if b >= MIB && b % MIB == 0 => format!("{}Mi", b / MIB),
+        b => b.to_string(),
+    }
+}
+
+/// `defaultMode: 0644` is octal to Kubernetes (YAML 1.1) but a string to our YAML 1.2 reader;
+/// write it back as the number Kubernetes meant, so the volumes we pass through stay valid.
+fn fix_octal_modes(v: &mut Value) {
+    match v {
+        Value::Mapping(m) => {
+            for (k, v) in m.iter_mut() {
+                let octal = match (k.as_str(), v.as_str()) {
+                    (Some("defaultMode" | "mode"), Some(s))
+                        if s.len() > 1 && s.starts_with('0') =>
+                    {
+                        i64::from_str_radix(s, 8).ok()
+                    }
+                    _ => None,
+                };
+                match octal {
+                    Some(n) => *v = n.into(),
+                    None => fix_octal_modes(v),
+                }
+            }
+        }
+        Value::Sequence(s) => s.iter_mut().for_each(fix_octal_modes),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::tests::sample;
+
+    const NO_ENV: &[(String, String)] = &[];
+
+    fn opts(sidecar: SidecarKind) -> Options<'static> {
+        Options {
+            manifest_url: "s3://b/ferry/jobs/42/manifest.json",
+            image: "registry.example/ferry:0.1",
+            sidecar,
+            extra_env: NO_ENV,
+        }
+    }
+
+    const JOB: &str = r#"
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: galaxy-42
+  labels:
+    app.galaxyproject.org/job-id: "42"
+spec:
+  backoffLimit: 0
+  template:
+    metadata:
+      annotations:
+        note: kept
+    spec:
+      restartPolicy: Never
+      securityContext:
+        runAsUser: 10001
+        runAsGroup: 10001
+      containers:
+      - name: tool
+        image: quay.io/biocontainers/tool:1
+        command: ["/bin/bash", "-c", "/galaxy/jobs/42/galaxy_42.sh"]
+        workingDir: /galaxy/jobs/42
+        env:
+        - name: GALAXY_SLOTS
+          value: "2"
+        resources:
+          limits:
+            memory: 4Gi
+        volumeMounts:
+        - name: tools
+          mountPath: /cvmfs/tools
+          readOnly: true
+      volumes:
+      - name: tools
+        persistentVolumeClaim:
+          claimName: galaxy-tools
+"#;
+
+    const POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: p
+spec:
+  containers:
+  - name: tool
+    image: t
+"#;
+
+    fn run(input: &str, sidecar: SidecarKind) -> Value {
+        serde_yaml_ng::from_str(&inject(input, &sample(), &opts(sidecar)).unwrap()).unwrap()
+    }
+
+    fn spec(v: &Value) -> &Value {
+        if v.get("kind").and_then(Value::as_str) == Some("Job") {
+            &v["spec"]["template"]["spec"]
+        } else {
+            &v["spec"]
+        }
+    }
+
+    fn names(list: &Value) -> Vec<&str> {
+        list.as_sequence()
+            .unwrap()
+            .iter()
+            .map(|c| name_of(c).unwrap())
+            .collect()
+    }
+
+    fn mounts(c: &Value) -> Vec<(&str, &str)> {
+        c["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap(),
+                    m["mountPath"].as_str().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn err(input: &str) -> String {
+        inject(input, &sample(), &opts(SidecarKind::Native))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn inject_mounts_every_root_at_its_path_in_every_container() {
+        for kind in [SidecarKind::Native, SidecarKind::SharedPid] {
+            let out = run(JOB, kind);
+            let s = spec(&out);
+            let all = s["initContainers"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .chain(s["containers"].as_sequence().unwrap());
+            let mut seen = 0;
+            for c in all {
+                let m = mounts(c);
+                assert!(m.contains(&("ferry-42-r0", "/galaxy/jobs/42")), "{m:?}");
+                assert!(m.contains(&("ferry-42-r1", "/galaxy/files")), "{m:?}");
+                assert!(
+                    c["volumeMounts"]
+                        .as_sequence()
+                        .unwrap()
+                        .iter()
+                        .all(|m| m.get("subPath").is_none())
+                );
+                seen += 1;
+            }
+            assert_eq!(seen, 3);
+            let vols: Vec<_> = s["volumes"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .filter(|v| is_ferry_volume(v))
+                .collect();
+            assert_eq!(vols.len(), 2);
+            // 3 bytes × 2 + 1 GiB, rounded up to MiB.
+            assert_eq!(vols[0]["emptyDir"]["sizeLimit"].as_str(), Some("1025Mi"));
+        }
+    }
+
+    #[test]
+    fn injecting_twice_equals_injecting_once() {
+        for input in [JOB, POD] {
+            for kind in [SidecarKind::Native, SidecarKind::SharedPid] {
+                let once = inject(input, &sample(), &opts(kind)).unwrap();
+                let twice = inject(&once, &sample(), &opts(kind)).unwrap();
+                assert_eq!(once, twice);
+            }
+        }
+    }
+
+    #[test]
+    fn reinjecting_with_another_mode_replaces_the_sidecar() {
+        let shared = inject(JOB, &sample(), &opts(SidecarKind::SharedPid)).unwrap();
+        let native = run(&shared, SidecarKind::Native);
+        let s = spec(&native);
+        assert_eq!(names(&s["initContainers"]), ["ferry-sidecar", "ferry-init"]);
+        assert_eq!(names(&s["containers"]), ["tool"]);
+    }
+
+    #[test]
+    fn shared_pid_sidecar_sorts_after_the_tool_container() {
+        let out = run(JOB, SidecarKind::SharedPid);
+        let s = spec(&out);
+        assert_eq!(names(&s["containers"]), ["tool", "zz-ferry-sidecar"]);
+        assert_eq!(s["shareProcessNamespace"].as_bool(), Some(true));
+        assert_eq!(
+            s["containers"][1]["args"],
+            serde_yaml_ng::from_str::<Value>("[sidecar, --mode, shared-pid]").unwrap()
+        );
+        assert!(s["containers"][1].get("restartPolicy").is_none());
+        assert_eq!(names(&s["initContainers"]), ["ferry-init"]);
+    }
+
+    #[test]
+    fn shared_pid_sidecar_keeps_its_plain_name_when_it_already_sorts_last() {
+        let pod = POD.replace("name: tool", "name: bwa");
+        let out = run(&pod, SidecarKind::SharedPid);
+        assert_eq!(names(&spec(&out)["containers"]), ["bwa", "ferry-sidecar"]);
+    }
+
+    #[test]
+    fn the_sidecar_name_sorts_after_any_tool_name() {
+        for tools in [
+            &["tool"][..],
+            &["a", "zebra"],
+            &["zzz-top"],
+            &["ferry-sidecar"],
+            &["ferry-sidecar2"],
+        ] {
+            let tools: Vec<String> = tools.iter().map(|t| t.to_string()).collect();
+            let name = sidecar_name(&tools).unwrap();
+            assert!(tools.iter().all(|t| name > *t), "{name} vs {tools:?}");
+            assert!(is_ferry_container(&name), "{name}");
+        }
+        assert!(!is_ferry_container("zz-top-ferry-sidecar"));
+        assert!(!is_ferry_container("z-ferry-sidecar"));
+    }
+
+    #[test]
+    fn native_sidecar_is_the_first_init_container() {
+        let input = JOB.replace(
+            "      containers:",
+            "      initContainers:\n      - name: setup\n        image: s\n      containers:",
+        );
+        let out = run(&input, SidecarKind::Native);
+        let s = spec(&out);
+        assert_eq!(
+            names(&s["initContainers"]),
+            ["ferry-sidecar", "ferry-init", "setup"]
+        );
+        let sidecar = &s["initContainers"][0];
+        assert_eq!(sidecar["restartPolicy"].as_str(), Some("Always"));
+        assert_eq!(
+            sidecar["args"],
+            serde_yaml_ng::from_str::<Value>("[sidecar, --mode, native]").unwrap()
+        );
+        assert!(sidecar.get("command").is_none());
+        assert_eq!(
+            s["initContainers"][1]["args"],
+            serde_yaml_ng::from_str::<Value>("[init]").unwrap()
+        );
+        assert!(s["initContainers"][1].get("restartPolicy").is_none());
+        assert_eq!(names(&s["containers"]), ["tool"]);
+        assert!(s.get("shareProcessNamespace").is_none());
+        assert_eq!(s["terminationGracePeriodSeconds"].as_i64(), Some(300));
+    }
+
+    #[test]
+    fn a_longer_grace_period_is_kept() {
+        let input = POD.replace("spec:\n", "spec:\n  terminationGracePeriodSeconds: 900\n");
+        assert_eq!(
+            spec(&run(&input, SidecarKind::Native))["terminationGracePeriodSeconds"].as_i64(),
+            Some(900)
+        );
+    }
+
+    #[test]
+    fn a_job_keeps_its_labels_env_and_tools_volume() {
+        let before: Value = serde_yaml_ng::from_str(JOB).unwrap();
+        let after = run(JOB, SidecarKind::Native);
+        assert_eq!(after["metadata"], before["metadata"]);
+        assert_eq!(
+            after["spec"]["backoffLimit"],
+            before["spec"]["backoffLimit"]
+        );
+        assert_eq!(
+            after["spec"]["template"]["metadata"],
+            before["spec"]["template"]["metadata"]
+        );
+        let (b, a) = (spec(&before), spec(&after));
+        assert_eq!(a["restartPolicy"], b["restartPolicy"]);
+        assert_eq!(a["securityContext"], b["securityContext"]);
+        assert_eq!(a["volumes"][0], b["volumes"][0]);
+        let (bt, at) = (&b["containers"][0], &a["containers"][0]);
+        for key in ["name", "image", "command", "workingDir", "env", "resources"] {
+            assert_eq!(at[key], bt[key], "{key}");
+        }
+        assert_eq!(at["volumeMounts"][0], bt["volumeMounts"][0]);
+        assert!(at.get("securityContext").is_none());
+        // Key order is the input's, ours after it.
+        let keys: Vec<_> = a
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "restartPolicy",
+                "securityContext",
+                "initContainers",
+                "containers",
+                "volumes",
+                "terminationGracePeriodSeconds"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_mount_inside_a_root_is_refused() {
+        let input = JOB.replace("mountPath: /cvmfs/tools", "mountPath: /galaxy/files/tools/");
+        let e = err(&input);
+        assert!(
+            e.contains("container `tool`")
+                && e.contains("/galaxy/files/tools/")
+                && e.contains("inside /galaxy/files"),
+            "{e}"
+        );
+        let input = JOB.replace("mountPath: /cvmfs/tools", "mountPath: /galaxy/jobs/42");
+        assert!(err(&input).contains("inside /galaxy/jobs/42"));
+    }
+
+    #[test]
+    fn a_mount_above_a_root_or_beside_it_is_kept() {
+        for path in ["/galaxy", "/galaxy/jobs/420"] {
+            let input = JOB.replace("mountPath: /cvmfs/tools", &format!("mountPath: {path}"));
+            let out = run(&input, SidecarKind::Native);
+            assert_eq!(
+                spec(&out)["containers"][0]["volumeMounts"][0]["mountPath"].as_str(),
+                Some(path)
+            );
+        }
+    }
+
+    #[test]
+    fn input_without_containers_is_refused() {
+        assert!(
+            err("apiVersion: v1\nkind: Pod\nspec:\n  containers: []\n").contains("no containers")
+        );
+        assert!(
+            err("apiVersion: v1\nkind: Pod\nspec:\n  restartPolicy: Never\n")
+                .contains("no containers")
+        );
+    }
+
+    #[test]
+    fn an_unsupported_kind_is_refused_naming_the_supported_ones() {
+        let e = err("apiVersion: apps/v1\nkind: Deployment\nspec: {}\n");
+        assert!(
+            e.contains("kind `Deployment` is not supported") && e.contains("a Job (batch/v1)"),
+            "{e}"
+        );
+        assert!(
+            err("apiVersion: batch/v1beta1\nkind: Job\nspec: {}\n")
+                .contains("apiVersion `batch/v1beta1`")
+        );
+        assert!(err("- a\n- b\n").contains("not a mapping"));
+        assert!(err("").contains("empty"));
+        assert!(err("kind: Pod\n---\nkind: Pod\n").contains("not one YAML or JSON document"));
+        assert!(err("apiVersion: batch/v1\nkind: Job\nspec: {}\n").contains("no `spec.template`"));
+    }
+
+    #[test]
+    fn a_bare_pod_spec_a_template_and_json_are_accepted() {
+        let bare = "containers:\n- name: tool\n  image: t\n";
+        let out: Value =
+            serde_yaml_ng::from_str(&inject(bare, &sample(), &opts(SidecarKind::Native)).unwrap())
+                .unwrap();
+        assert_eq!(
+            names(&out["initContainers"]),
+            ["ferry-sidecar", "ferry-init"]
+        );
+        let template =
+            "metadata:\n  labels: {a: b}\nspec:\n  containers:\n  - name: tool\n    image: t\n";
+        let out = run(template, SidecarKind::Native);
+        assert_eq!(
+            names(&out["spec"]["initContainers"]),
+            ["ferry-sidecar", "ferry-init"]
+        );
+        assert_eq!(out["metadata"]["labels"]["a"].as_str(), Some("b"));
+        let json = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "tool", "image": "t", "args": ["a\/b"]}]}}"#;
+        let out = run(json, SidecarKind::SharedPid);
+        assert_eq!(
+            names(&out["spec"]["containers"]),
+            ["tool", "zz-ferry-sidecar"]
+        );
+        assert_eq!(
+            out["spec"]["containers"][0]["args"][0].as_str(),
+            Some("a/b")
+        );
+    }
+
+    #[test]
+    fn ferry_containers_get_the_manifest_url_and_a_restricted_security_context() {
+        let out = run(JOB, SidecarKind::Native);
+        let s = spec(&out);
+        for c in s["initContainers"].as_sequence().unwrap() {
+            assert_eq!(c["image"].as_str(), Some("registry.example/ferry:0.1"));
+            assert!(c.get("imagePullPolicy").is_none());
+            assert_eq!(c["env"][0]["name"].as_str(), Some("FERRY_MANIFEST"));
+            assert_eq!(
+                c["env"][0]["value"].as_str(),
+                Some("s3://b/ferry/jobs/42/manifest.json")
+            );
+            let sc = &c["securityContext"];
+            assert_eq!(sc["runAsNonRoot"].as_bool(), Some(true));
+            assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false));
+            assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true));
+            assert_eq!(sc["capabilities"]["drop"][0].as_str(), Some("ALL"));
+            assert_eq!(
+                sc["seccompProfile"]["type"].as_str(),
+                Some("RuntimeDefault")
+            );
+            // The pod's user, so the files init creates belong to the tool.
+            assert_eq!(
+                (sc["runAsUser"].as_i64(), sc["runAsGroup"].as_i64()),
+                (Some(10001), Some(10001))
+            );
+            assert_eq!(c["resources"]["limits"]["memory"].as_str(), Some("512Mi"));
+        }
+        assert_eq!(
+            s["initContainers"][0]["env"][1]["value"].as_str(),
+            Some("native")
+        );
+    }
+
+    #[test]
+    fn ferry_runs_as_the_tool_containers_user_else_the_pods_else_65532() {
+        let user = |input: &str| {
+            let out = run(input, SidecarKind::Native);
+            let sc = &spec(&out)["initContainers"][0]["securityContext"];
+            (
+                sc["runAsUser"].as_i64().unwrap(),
+                sc["runAsGroup"].as_i64().unwrap(),
+            )
+        };
+        assert_eq!(user(POD), (65532, 65532));
+        let tool = POD.replace(
+            "    image: t\n",
+            "    image: t\n    securityContext:\n      runAsUser: 1000\n",
+        );
+        assert_eq!(user(&tool), (1000, 65532));
+        let both = JOB.replace(
+            "        workingDir:",
+            "        securityContext: {runAsUser: 2000, runAsGroup: 3000}\n        workingDir:",
+        );
+        assert_eq!(user(&both), (2000, 3000));
+        let root = POD.replace(
+            "    image: t\n",
+            "    image: t\n    securityContext:\n      runAsUser: 0\n",
+        );
+        assert_eq!(user(&root), (65532, 65532));
+    }
+
+    #[test]
+    fn extra_env_reaches_ferry_containers_only_and_sizes_memory() {
+        let extra = [
+            (
+                "AWS_ENDPOINT_URL".to_string(),
+                "http://127.0.0.1:8333".to_string(),
+            ),
+            ("FERRY_CONCURRENCY".to_string(), "32".to_string()),
+            (
+                "FERRY_MANIFEST".to_string(),
+                "s3://other/m.json".to_string(),
+            ),
+        ];
+        let o = Options {
+            extra_env: &extra,
+            image: "localhost/ferry:dev",
+            ..opts(SidecarKind::SharedPid)
+        };
+        let out: Value = serde_yaml_ng::from_str(&inject(POD, &sample(), &o).unwrap()).unwrap();
+        let s = spec(&out);
+        let sidecar = &s["containers"][1];
+        let env: Vec<_> = sidecar["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("FERRY_MANIFEST", "s3://other/m.json"),
+                ("FERRY_SIDECAR_MODE", "shared-pid"),
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:8333"),
+                ("FERRY_CONCURRENCY", "32"),
+            ]
+        );
+        assert_eq!(sidecar["imagePullPolicy"].as_str(), Some("Never"));
+        assert_eq!(
+            sidecar["resources"]["limits"]["memory"].as_str(),
+            Some("768Mi")
+        );
+        assert!(s["containers"][0].get("env").is_none());
+        let bad = [("FERRY_PART_SIZE".to_string(), "1KiB".to_string())];
+        assert!(
+            inject(
+                POD,
+                &sample(),
+                &Options {
+                    extra_env: &bad,
+                    ..o
+                }
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn env_flags_must_be_name_equals_value() {
+        let ok = parse_env(&["A=b=c".into(), "E=".into()]).unwrap();
+        assert_eq!(
+            ok,
+            [
+                ("A".to_string(), "b=c".to_string()),
+                ("E".to_string(), String::new())
+            ]
+        );
+        assert!(parse_env(&["=x".into()]).is_err());
+        assert!(parse_env(&["NOEQUALS".into()]).is_err());
+    }
+
+    #[test]
+    fn volume_names_are_unique_dns_labels_that_contain_the_job_id() {
+        let label = |s: &str| {
+            s.len() <= 63
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !s.starts_with('-')
+                && !s.ends_with('-')
+        };
+        assert_eq!(volume_names("42", 2), ["ferry-42-r0", "ferry-42-r1"]);
+        let long = "A".repeat(128);
+        let ids = [
+            "Job_1",
+            "job-1",
+            "job.1",
+            "JOB-1",
+            "_",
+            "a..b",
+            long.as_str(),
+            "9-",
+            &"x".repeat(60),
+        ];
+        let mut all = Vec::new();
+        for id in ids {
+            let n = volume_names(id, 11);
+            assert!(n.iter().all(|n| label(n)), "{n:?}");
+            assert!(n[0].starts_with("ferry-"));
+            all.push(n[10].clone());
+        }
+        assert!(volume_names("job-1", 1)[0].starts_with("ferry-job-1-r0"));
+        assert!(volume_names("Job_1", 1)[0].starts_with("ferry-job-1-"));
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), ids.len(), "{all:?}");
+    }
+
+    #[test]
+    fn sizes_are_kubernetes_quantities() {
+        assert_eq!(quantity(size_limit(GIB)), "3Gi");
+        assert_eq!(quantity(size_limit(0)), "1Gi");
+        assert_eq!(quantity(512 * MIB), "512Mi");
+        assert_eq!(quantity(1000), "1000");
+        assert_eq!(size_limit(u64::MAX) % MIB, 0);
+    }
+
+    #[test]
+    fn octal_volume_modes_stay_octal() {
+        let input = format!(
+            "{JOB}      - name: cfg\n        configMap:\n          name: c\n          defaultMode: 0644\n"
+        );
+        let out = run(&input, SidecarKind::Native);
+        assert_eq!(
+            spec(&out)["volumes"][1]["configMap"]["defaultMode"].as_i64(),
+            Some(0o644)
+        );
+    }
 }
