@@ -48,8 +48,11 @@ build() {
 # ferry image
 ctx=$repo/target/images/ferry
 mkdir -p "$ctx"
-cp -f "$binary" "$ctx/ferry.tmp" && mv -f "$ctx/ferry.tmp" "$ctx/ferry"
-hash=$(cat "$ctx/ferry" "$repo/images/ferry/Containerfile" | sha256sum | cut -d' ' -f1)
+# Stripped: the debug line tables stay in target/ for backtraces, the image stays small.
+objcopy --strip-debug "$binary" "$ctx/ferry.tmp" && mv -f "$ctx/ferry.tmp" "$ctx/ferry"
+# TLS to a real S3 endpoint needs the CA bundle (Debian's ca-certificates).
+cp -f /etc/ssl/certs/ca-certificates.crt "$ctx/ca-certificates.crt"
+hash=$(cat "$ctx/ferry" "$ctx/ca-certificates.crt" "$repo/images/ferry/Containerfile" | sha256sum | cut -d' ' -f1)
 build localhost/ferry:dev "$ctx" "$repo/images/ferry/Containerfile" "$hash"
 
 # tool image (busybox)

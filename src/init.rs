@@ -65,7 +65,7 @@ pub async fn run(job: &Job, cfg: Transfer) -> Result<()> {
     }
     tracing::info!(
         job = %m.job_id,
-        "init done: {}; {} files ({:.1} MiB) already in place; requests {}",
+        "init done: {}; {} files ({:.1} MiB) already in place; {}",
         crate::progress::summary(stats.files, stats.bytes, started.elapsed()),
         stats.skipped_files,
         stats.skipped_bytes as f64 / 1048576.0,
