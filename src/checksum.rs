@@ -71,7 +71,10 @@ mod tests {
     fn combining_two_ranges_equals_the_checksum_of_the_whole() {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let (a, b) = data.split_at(12_345);
-        assert_eq!(combine(of_bytes(a), of_bytes(b), b.len() as u64), of_bytes(&data));
+        assert_eq!(
+            combine(of_bytes(a), of_bytes(b), b.len() as u64),
+            of_bytes(&data)
+        );
     }
 
     #[test]

@@ -15,7 +15,13 @@ set FERRY_S3_FORCE_PATH_STYLE=true for local servers. Logs go to stderr, filtere
 #[command(name = "ferry", version, about = ABOUT, after_help = crate::error::ExitCode::table())]
 pub struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "plain", env = "FERRY_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "plain",
+        env = "FERRY_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
 
     #[command(flatten)]

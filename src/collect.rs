@@ -38,7 +38,14 @@ pub async fn run(job: &Job, wait: Duration, cfg: Transfer) -> Result<Done> {
     let mut downloads = Vec::new();
     let mut links: Vec<(PathBuf, String)> = Vec::new();
     let mut dirs = Vec::new();
-    plan_tree(&wd, &m.workdir.key, &done.changed, &mut downloads, &mut links, &mut dirs)?;
+    plan_tree(
+        &wd,
+        &m.workdir.key,
+        &done.changed,
+        &mut downloads,
+        &mut links,
+        &mut dirs,
+    )?;
     for o in &done.outputs {
         let dest = job.local(&o.path);
         match o.kind {
@@ -52,7 +59,14 @@ pub async fn run(job: &Job, wait: Duration, cfg: Transfer) -> Result<Done> {
             }),
             _ => {
                 transfer::create_dirs(&dest)?;
-                plan_tree(&dest, &o.key, &o.files, &mut downloads, &mut links, &mut dirs)?;
+                plan_tree(
+                    &dest,
+                    &o.key,
+                    &o.files,
+                    &mut downloads,
+                    &mut links,
+                    &mut dirs,
+                )?;
             }
         }
     }
@@ -61,7 +75,11 @@ pub async fn run(job: &Job, wait: Duration, cfg: Transfer) -> Result<Done> {
         transfer::place_symlink(path, target)?;
     }
     remove_deleted(job, &done);
-    write_atomic(&ec, format!("{}\n", done.exit_code_for_head()).as_bytes(), 0o644)?;
+    write_atomic(
+        &ec,
+        format!("{}\n", done.exit_code_for_head()).as_bytes(),
+        0o644,
+    )?;
     tracing::info!(
         job = %m.job_id,
         "collect done: exit={} reason={:?}; {}",
@@ -90,7 +108,9 @@ async fn wait_for_done(job: &Job, wait: Duration) -> Result<Option<Done>> {
     loop {
         if let Some(bytes) = job.store.get_small(&m.done_key).await? {
             let url = format!("s3://{}/{}", m.bucket, m.done_key);
-            return Done::from_json(&bytes).map(Some).map_err(|r| Error::manifest(url, r));
+            return Done::from_json(&bytes)
+                .map(Some)
+                .map_err(|r| Error::manifest(url, r));
         }
         if Instant::now() >= end {
             return Ok(None);
@@ -109,14 +129,20 @@ fn check(job: &Job, done: &Done) -> Result<()> {
     let url = format!("s3://{}/{}", m.bucket, m.done_key);
     let bad = |r: String| Error::manifest(&url, r);
     if done.job_id != m.job_id {
-        return Err(bad(format!("it is for job {}, not {}", done.job_id, m.job_id)));
+        return Err(bad(format!(
+            "it is for job {}, not {}",
+            done.job_id, m.job_id
+        )));
     }
     for p in done.changed.iter().map(|e| &e.path).chain(&done.deleted) {
         check_rel(p).map_err(|r| bad(format!("workdir entry `{p}`: {r}")))?;
     }
     for o in &done.outputs {
         if !m.outputs.iter().any(|d| d.path == o.path && d.key == o.key) {
-            return Err(bad(format!("output `{}` ({}) is not one the manifest declares", o.path, o.key)));
+            return Err(bad(format!(
+                "output `{}` ({}) is not one the manifest declares",
+                o.path, o.key
+            )));
         }
         for f in &o.files {
             check_rel(&f.path).map_err(|r| bad(format!("output file `{}`: {r}", f.path)))?;
@@ -130,20 +156,31 @@ fn check(job: &Job, done: &Done) -> Result<()> {
 fn remove_deleted(job: &Job, done: &Done) {
     let wd = job.workdir();
     for rel in &done.deleted {
-        let Some(staged) = job.manifest.workdir.entries.iter().find(|e| &e.path == rel) else { continue };
+        let Some(staged) = job.manifest.workdir.entries.iter().find(|e| &e.path == rel) else {
+            continue;
+        };
         let path = wd.join(rel);
         let unchanged = match staged.kind {
-            Kind::File => crate::checksum::of_file(&path)
-                .is_ok_and(|(size, crc)| size == staged.size && Some(crate::checksum::encode(crc)) == staged.crc64nvme),
-            Kind::Symlink => std::fs::read_link(&path).is_ok_and(|t| Some(t.to_string_lossy().as_ref()) == staged.target.as_deref()),
+            Kind::File => crate::checksum::of_file(&path).is_ok_and(|(size, crc)| {
+                size == staged.size && Some(crate::checksum::encode(crc)) == staged.crc64nvme
+            }),
+            Kind::Symlink => std::fs::read_link(&path)
+                .is_ok_and(|t| Some(t.to_string_lossy().as_ref()) == staged.target.as_deref()),
             Kind::Dir => std::fs::read_dir(&path).is_ok_and(|mut d| d.next().is_none()),
         };
         if !unchanged {
             continue;
         }
-        let r = if staged.kind == Kind::Dir { std::fs::remove_dir(&path) } else { std::fs::remove_file(&path) };
+        let r = if staged.kind == Kind::Dir {
+            std::fs::remove_dir(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
         if let Err(e) = r {
-            tracing::warn!("could not remove {} deleted by the job: {e}", path.display());
+            tracing::warn!(
+                "could not remove {} deleted by the job: {e}",
+                path.display()
+            );
         }
     }
 }

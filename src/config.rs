@@ -21,14 +21,21 @@ impl FromStr for S3Url {
         let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
         let key = key.trim_end_matches('/');
         let bucket_ok = (3..=63).contains(&bucket.len())
-            && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
         if !bucket_ok {
-            return Err(format!("`{bucket}` in `{s}` is not a valid bucket name (3-63 of a-z 0-9 . -)"));
+            return Err(format!(
+                "`{bucket}` in `{s}` is not a valid bucket name (3-63 of a-z 0-9 . -)"
+            ));
         }
         if !key.is_empty() {
             check_key(key).map_err(|e| format!("`{s}`: {e}"))?;
         }
-        Ok(S3Url { bucket: bucket.to_string(), key: key.to_string() })
+        Ok(S3Url {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        })
     }
 }
 
@@ -84,13 +91,19 @@ impl FromStr for PartSize {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("part size `{s}` is not a number with an optional unit (e.g. 16MiB)"))?;
+        let n: u64 = num.parse().map_err(|_| {
+            format!("part size `{s}` is not a number with an optional unit (e.g. 16MiB)")
+        })?;
         let mult = match unit.trim() {
             "" | "B" => 1,
             "K" | "KiB" | "k" => 1 << 10,
             "M" | "MiB" => MIB,
             "G" | "GiB" => 1 << 30,
-            u => return Err(format!("part size unit `{u}` is not one of B, KiB, MiB, GiB")),
+            u => {
+                return Err(format!(
+                    "part size unit `{u}` is not one of B, KiB, MiB, GiB"
+                ));
+            }
         };
         PartSize::new(n.saturating_mul(mult))
     }
@@ -145,7 +158,12 @@ mod tests {
 
     #[test]
     fn s3_urls_that_escape_or_are_not_s3_are_refused() {
-        assert!("http://b/x".parse::<S3Url>().unwrap_err().contains("not an s3:// URL"));
+        assert!(
+            "http://b/x"
+                .parse::<S3Url>()
+                .unwrap_err()
+                .contains("not an s3:// URL")
+        );
         assert!("s3://b/../x".parse::<S3Url>().is_err());
         assert!("s3://bu/a//b".parse::<S3Url>().is_err());
         assert!("s3://UPPER/x".parse::<S3Url>().is_err());

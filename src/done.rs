@@ -49,9 +49,13 @@ pub struct Done {
 
 impl Done {
     pub fn from_json(bytes: &[u8]) -> Result<Done, String> {
-        let d: Done = serde_json::from_slice(bytes).map_err(|e| format!("done.json is not a v{VERSION} record: {e}"))?;
+        let d: Done = serde_json::from_slice(bytes)
+            .map_err(|e| format!("done.json is not a v{VERSION} record: {e}"))?;
         if d.version != VERSION {
-            return Err(format!("done.json version {} is not supported (expected {VERSION})", d.version));
+            return Err(format!(
+                "done.json version {} is not supported (expected {VERSION})",
+                d.version
+            ));
         }
         Ok(d)
     }
@@ -99,7 +103,12 @@ mod tests {
 
     #[test]
     fn a_job_without_an_exit_code_never_looks_successful() {
-        for r in [Reason::Crashed, Reason::Oom, Reason::Evicted, Reason::Timeout] {
+        for r in [
+            Reason::Crashed,
+            Reason::Oom,
+            Reason::Evicted,
+            Reason::Timeout,
+        ] {
             assert_ne!(sample(None, r).exit_code_for_head(), 0, "{r:?}");
         }
         assert_eq!(sample(Some(0), Reason::Exited).exit_code_for_head(), 0);
@@ -112,6 +121,10 @@ mod tests {
         assert_eq!(Done::from_json(&d.to_json()).unwrap(), d);
         let mut v = d.clone();
         v.version = 9;
-        assert!(Done::from_json(&v.to_json()).unwrap_err().contains("version 9"));
+        assert!(
+            Done::from_json(&v.to_json())
+                .unwrap_err()
+                .contains("version 9")
+        );
     }
 }

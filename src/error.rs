@@ -56,7 +56,9 @@ impl ExitCode {
         match self {
             ExitCode::Ok => "done",
             ExitCode::Usage => "bad flag or environment variable",
-            ExitCode::Manifest => "manifest or done.json malformed, unknown version, or unsafe key/path",
+            ExitCode::Manifest => {
+                "manifest or done.json malformed, unknown version, or unsafe key/path"
+            }
             ExitCode::S3 => "S3 request failed after retries (throttling, 5xx, network)",
             ExitCode::Missing => "an object named by the manifest is missing from S3",
             ExitCode::Credentials => "S3 refused the credentials or permission",
@@ -140,7 +142,9 @@ pub enum Error {
     #[error("yaml: {0}")]
     Yaml(String),
 
-    #[error("interrupted by {0}; nothing partial is at a final path, re-run the same command to finish")]
+    #[error(
+        "interrupted by {0}; nothing partial is at a final path, re-run the same command to finish"
+    )]
     Interrupted(&'static str),
 }
 

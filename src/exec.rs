@@ -29,10 +29,14 @@ pub async fn run(ec: &Path, argv: &[String]) -> Result<i32> {
         .spawn()
         .map_err(|e| Error::io(program, "start the command", e))?;
     let pid = Pid::from_raw(child.id().map(|p| p as i32).unwrap_or(0));
-    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("/", "install SIGTERM handler", e))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::io("/", "install SIGINT handler", e))?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::io("/", "install SIGHUP handler", e))?;
-    let mut quit = signal(SignalKind::quit()).map_err(|e| Error::io("/", "install SIGQUIT handler", e))?;
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Error::io("/", "install SIGTERM handler", e))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| Error::io("/", "install SIGINT handler", e))?;
+    let mut hup =
+        signal(SignalKind::hangup()).map_err(|e| Error::io("/", "install SIGHUP handler", e))?;
+    let mut quit =
+        signal(SignalKind::quit()).map_err(|e| Error::io("/", "install SIGQUIT handler", e))?;
     let status = loop {
         let sig = tokio::select! {
             s = child.wait() => break s.map_err(|e| Error::io(program, "wait for the command", e))?,
@@ -61,7 +65,10 @@ mod tests {
     async fn the_exit_code_is_recorded_and_returned() {
         let d = tempfile::tempdir().unwrap();
         let ec = d.path().join("sub/job.ec");
-        assert_eq!(run(&ec, &argv(&["/bin/sh", "-c", "exit 7"])).await.unwrap(), 7);
+        assert_eq!(
+            run(&ec, &argv(&["/bin/sh", "-c", "exit 7"])).await.unwrap(),
+            7
+        );
         assert_eq!(std::fs::read_to_string(&ec).unwrap(), "7\n");
     }
 
@@ -69,15 +76,25 @@ mod tests {
     async fn a_child_killed_by_a_signal_records_128_plus_the_signal() {
         let d = tempfile::tempdir().unwrap();
         let ec = d.path().join("job.ec");
-        assert_eq!(run(&ec, &argv(&["/bin/sh", "-c", "kill -9 $$"])).await.unwrap(), 137);
+        assert_eq!(
+            run(&ec, &argv(&["/bin/sh", "-c", "kill -9 $$"]))
+                .await
+                .unwrap(),
+            137
+        );
         assert_eq!(std::fs::read_to_string(&ec).unwrap(), "137\n");
     }
 
     #[tokio::test]
     async fn a_missing_command_is_an_error_that_names_it() {
         let d = tempfile::tempdir().unwrap();
-        let e = run(&d.path().join("x.ec"), &argv(&["/no/such/tool"])).await.unwrap_err();
+        let e = run(&d.path().join("x.ec"), &argv(&["/no/such/tool"]))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("/no/such/tool"), "{e}");
-        assert!(!d.path().join("x.ec").exists(), "no exit code is invented for a command that never ran");
+        assert!(
+            !d.path().join("x.ec").exists(),
+            "no exit code is invented for a command that never ran"
+        );
     }
 }

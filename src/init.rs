@@ -22,7 +22,14 @@ pub async fn run(job: &Job, cfg: Transfer) -> Result<()> {
     let mut downloads = Vec::new();
     let mut links: Vec<(PathBuf, String)> = Vec::new();
     let mut dirs: Vec<(PathBuf, u32)> = Vec::new();
-    plan_tree(&wd, &m.workdir.key, &m.workdir.entries, &mut downloads, &mut links, &mut dirs)?;
+    plan_tree(
+        &wd,
+        &m.workdir.key,
+        &m.workdir.entries,
+        &mut downloads,
+        &mut links,
+        &mut dirs,
+    )?;
     for d in m.inputs.iter().chain(&m.indices) {
         let dest = job.local(&d.path);
         match d.kind {
@@ -37,7 +44,14 @@ pub async fn run(job: &Job, cfg: Transfer) -> Result<()> {
             _ => {
                 create_dirs(&dest)?;
                 dirs.push((dest.clone(), d.mode));
-                plan_tree(&dest, &d.key, &d.files, &mut downloads, &mut links, &mut dirs)?;
+                plan_tree(
+                    &dest,
+                    &d.key,
+                    &d.files,
+                    &mut downloads,
+                    &mut links,
+                    &mut dirs,
+                )?;
             }
         }
     }

@@ -19,7 +19,9 @@ pub struct Job {
 pub fn split_object_url(url: &str) -> Result<(String, String)> {
     let parsed: crate::config::S3Url = url.parse().map_err(Error::Config)?;
     if parsed.key.is_empty() {
-        return Err(Error::Config(format!("`{url}` names a bucket, not a manifest object (…/jobs/ID/manifest.json)")));
+        return Err(Error::Config(format!(
+            "`{url}` names a bucket, not a manifest object (…/jobs/ID/manifest.json)"
+        )));
     }
     Ok((parsed.bucket, parsed.key))
 }
@@ -46,14 +48,20 @@ impl Job {
                 ),
             ));
         }
-        if let Some(r) = &root {
-            if !r.is_absolute() {
-                return Err(Error::Config(format!("--root {} must be an absolute path", r.display())));
-            }
+        if let Some(r) = root.as_ref().filter(|r| !r.is_absolute()) {
+            return Err(Error::Config(format!(
+                "--root {} must be an absolute path",
+                r.display()
+            )));
         }
         tracing::info!(job = %manifest.job_id, "manifest {url}: {} workdir entries, {} inputs, {} outputs, {} indices",
             manifest.workdir.entries.len(), manifest.inputs.len(), manifest.outputs.len(), manifest.indices.len());
-        Ok(Job { manifest, store, root, url: url.to_string() })
+        Ok(Job {
+            manifest,
+            store,
+            root,
+            url: url.to_string(),
+        })
     }
 
     /// Where an absolute manifest path is on this machine.
@@ -77,7 +85,9 @@ impl Job {
     /// Workdir-relative path of `path`, if it lies inside the workdir.
     pub fn rel_in_workdir(&self, abs: &str) -> Option<String> {
         let wd = &self.manifest.workdir.path;
-        abs.strip_prefix(wd.as_str()).and_then(|r| r.strip_prefix('/')).map(str::to_string)
+        abs.strip_prefix(wd.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+            .map(str::to_string)
     }
 }
 

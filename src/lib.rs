@@ -31,10 +31,17 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// Logs to stderr, filtered by `FERRY_LOG` (default `info`).
 pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env(env::LOG)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
-    let builder = builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none());
+    let filter = tracing_subscriber::EnvFilter::try_from_env(env::LOG).unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let builder = builder.with_ansi(
+        std::io::IsTerminal::is_terminal(&std::io::stderr())
+            && std::env::var_os("NO_COLOR").is_none(),
+    );
     match format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -44,8 +51,10 @@ pub fn init_logging(format: LogFormat) {
 /// Runs `work`, turning SIGINT/SIGTERM into `Error::Interrupted` (futures are dropped, so no
 /// temporary file is renamed into place; open multipart uploads are aborted by the caller).
 async fn interruptible<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
-    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("/", "install SIGTERM handler", e))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::io("/", "install SIGINT handler", e))?;
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Error::io("/", "install SIGTERM handler", e))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| Error::io("/", "install SIGINT handler", e))?;
     tokio::select! {
         r = work => r,
         _ = term.recv() => Err(Error::Interrupted("SIGTERM")),
@@ -61,13 +70,25 @@ pub struct Outcome {
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> Result<Outcome> {
-    let cfg = config::Transfer { concurrency: cli.transfer.concurrency, part_size: cli.transfer.part_size };
-    let print = |line: String| Outcome { stdout: Some(line), code: 0 };
-    let done = Outcome { stdout: None, code: 0 };
+    let cfg = config::Transfer {
+        concurrency: cli.transfer.concurrency,
+        part_size: cli.transfer.part_size,
+    };
+    let print = |line: String| Outcome {
+        stdout: Some(line),
+        code: 0,
+    };
+    let done = Outcome {
+        stdout: None,
+        code: 0,
+    };
     match cli.command {
         Command::Exec(a) => {
             let code = exec::run(&a.exit_code_file, &a.command).await?;
-            Ok(Outcome { stdout: None, code: (code & 0xff) as u8 })
+            Ok(Outcome {
+                stdout: None,
+                code: (code & 0xff) as u8,
+            })
         }
         Command::Stage(a) => interruptible(stage::run(&a, cfg)).await.map(print),
         Command::Init(a) => {
@@ -89,7 +110,9 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         }
         Command::Collect(a) => {
             let job = job::Job::load(&a.manifest.manifest, a.root).await?;
-            interruptible(collect::run(&job, Duration::from_secs(a.wait), cfg)).await.map(|_| done)
+            interruptible(collect::run(&job, Duration::from_secs(a.wait), cfg))
+                .await
+                .map(|_| done)
         }
         Command::Inject(a) => inject::run(&a).await.map(print),
         Command::Status(a) => match job::Job::load(&a.manifest, None).await {

@@ -4,7 +4,10 @@ use ferry::cli::Cli;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     ferry::init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ferry: cannot start the async runtime: {e}");

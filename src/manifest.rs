@@ -152,8 +152,16 @@ fn check_components(s: &str, what: &str) -> Result<(), String> {
     }
     for c in s.split('/') {
         match c {
-            "" => return Err(format!("{what} has an empty component (`//`, or a leading/trailing `/`)")),
-            "." | ".." => return Err(format!("{what} has a `{c}` component that could escape its root")),
+            "" => {
+                return Err(format!(
+                    "{what} has an empty component (`//`, or a leading/trailing `/`)"
+                ));
+            }
+            "." | ".." => {
+                return Err(format!(
+                    "{what} has a `{c}` component that could escape its root"
+                ));
+            }
             _ => {}
         }
     }
@@ -215,7 +223,10 @@ fn check_entries(entries: &[Entry], what: &str) -> Result<(), String> {
             return Err(format!("{what} entry `{}` is listed twice", e.path));
         }
         if e.mode > 0o7777 {
-            return Err(format!("{what} entry `{}`: mode {:o} is not a permission mode", e.path, e.mode));
+            return Err(format!(
+                "{what} entry `{}`: mode {:o} is not a permission mode",
+                e.path, e.mode
+            ));
         }
         match e.kind {
             Kind::File => {
@@ -234,8 +245,14 @@ fn check_entries(entries: &[Entry], what: &str) -> Result<(), String> {
     }
     // Nothing may be written through a symlink: no entry lies below one.
     for e in entries {
-        if let Some(l) = links.iter().find(|l| e.path != **l && is_within(&e.path, l)) {
-            return Err(format!("{what} entry `{}` lies below the symlink `{l}`", e.path));
+        if let Some(l) = links
+            .iter()
+            .find(|l| e.path != **l && is_within(&e.path, l))
+        {
+            return Err(format!(
+                "{what} entry `{}` lies below the symlink `{l}`",
+                e.path
+            ));
         }
     }
     Ok(())
@@ -255,7 +272,8 @@ impl Manifest {
             }
             None => return Err("no numeric `version` field: not a ferry manifest".into()),
         }
-        let m: Manifest = serde_json::from_value(value).map_err(|e| format!("does not match schema v{VERSION}: {e}"))?;
+        let m: Manifest = serde_json::from_value(value)
+            .map_err(|e| format!("does not match schema v{VERSION}: {e}"))?;
         m.validate()?;
         Ok(m)
     }
@@ -293,7 +311,10 @@ impl Manifest {
             check_abs(&r.path).map_err(|e| format!("root `{}`: {e}", r.path))?;
             for other in &self.roots[..i] {
                 if is_within(&r.path, &other.path) || is_within(&other.path, &r.path) {
-                    return Err(format!("roots `{}` and `{}` overlap; roots must be disjoint", other.path, r.path));
+                    return Err(format!(
+                        "roots `{}` and `{}` overlap; roots must be disjoint",
+                        other.path, r.path
+                    ));
                 }
             }
         }
@@ -313,7 +334,10 @@ impl Manifest {
         let mut paths = HashSet::new();
         let data = join_key(&[&self.prefix, "data"]);
         let refs = join_key(&[&self.prefix, "refs"]);
-        for (list, base, what) in [(&self.inputs, &data, "input"), (&self.indices, &refs, "index")] {
+        for (list, base, what) in [
+            (&self.inputs, &data, "input"),
+            (&self.indices, &refs, "index"),
+        ] {
             for d in list {
                 under_root(&d.path, what)?;
                 check_key_under(&d.key, base, what)?;
@@ -327,7 +351,12 @@ impl Manifest {
                     Kind::File if !d.files.is_empty() => {
                         return Err(format!("{what} `{}` is a file but lists files", d.path));
                     }
-                    Kind::Symlink => return Err(format!("{what} `{}`: a dataset cannot be a symlink", d.path)),
+                    Kind::Symlink => {
+                        return Err(format!(
+                            "{what} `{}`: a dataset cannot be a symlink",
+                            d.path
+                        ));
+                    }
                     Kind::Dir => check_entries(&d.files, what)?,
                     Kind::File => {}
                 }
@@ -337,7 +366,10 @@ impl Manifest {
             under_root(&o.path, "output")?;
             check_key_under(&o.key, &data, "output")?;
             if !paths.insert(o.path.as_str()) {
-                return Err(format!("output `{}` is listed twice or is also an input", o.path));
+                return Err(format!(
+                    "output `{}` is listed twice or is also an input",
+                    o.path
+                ));
             }
         }
         under_root(&self.exit_code_file, "exit_code_file")?;
@@ -355,11 +387,15 @@ pub fn check_job_id(id: &str) -> Result<(), String> {
         && id != "."
         && id != ".."
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(format!("job id `{id}` must be 1-128 of [A-Za-z0-9._-] and not `.` or `..`"))
+        Err(format!(
+            "job id `{id}` must be 1-128 of [A-Za-z0-9._-] and not `.` or `..`"
+        ))
     }
 }
 
@@ -374,8 +410,14 @@ pub(crate) mod tests {
             bucket: "b".into(),
             prefix: "ferry".into(),
             roots: vec![
-                Root { path: "/galaxy/jobs/42".into(), bytes: 3 },
-                Root { path: "/galaxy/files".into(), bytes: 5 },
+                Root {
+                    path: "/galaxy/jobs/42".into(),
+                    bytes: 3,
+                },
+                Root {
+                    path: "/galaxy/files".into(),
+                    bytes: 5,
+                },
             ],
             workdir: Workdir {
                 path: "/galaxy/jobs/42".into(),
@@ -528,7 +570,10 @@ pub(crate) mod tests {
         assert_eq!(data_key("", "/srv/x"), "data/srv/x");
         assert_eq!(refs_key("p/q", "/ref/hg38.fa"), "p/q/refs/ref/hg38.fa");
         assert_eq!(done_key("", "7"), "jobs/7/done.json");
-        assert_eq!(local_path(Some(Path::new("/tmp/r")), "/a/b"), PathBuf::from("/tmp/r/a/b"));
+        assert_eq!(
+            local_path(Some(Path::new("/tmp/r")), "/a/b"),
+            PathBuf::from("/tmp/r/a/b")
+        );
         assert_eq!(local_path(None, "/a/b"), PathBuf::from("/a/b"));
     }
 
@@ -558,7 +603,8 @@ mod schema_tests {
     use serde_json::Value;
 
     fn schema() -> Value {
-        serde_json::from_str(include_str!("../schema/manifest-v1.schema.json")).expect("schema is JSON")
+        serde_json::from_str(include_str!("../schema/manifest-v1.schema.json"))
+            .expect("schema is JSON")
     }
 
     fn resolve<'a>(schema: &'a Value, node: &'a Value) -> &'a Value {
@@ -577,15 +623,26 @@ mod schema_tests {
         let node = resolve(schema, node);
         match value {
             Value::Object(map) => {
-                assert_eq!(node["additionalProperties"], Value::Bool(false), "{at}: schema object not closed");
-                let props = node["properties"].as_object().unwrap_or_else(|| panic!("{at}: no properties"));
+                assert_eq!(
+                    node["additionalProperties"],
+                    Value::Bool(false),
+                    "{at}: schema object not closed"
+                );
+                let props = node["properties"]
+                    .as_object()
+                    .unwrap_or_else(|| panic!("{at}: no properties"));
                 for (k, v) in map {
-                    let sub = props.get(k).unwrap_or_else(|| panic!("{at}.{k}: serde field missing from the schema"));
+                    let sub = props
+                        .get(k)
+                        .unwrap_or_else(|| panic!("{at}.{k}: serde field missing from the schema"));
                     check(schema, sub, v, &format!("{at}.{k}"));
                 }
                 for r in node["required"].as_array().into_iter().flatten() {
                     let r = r.as_str().unwrap();
-                    assert!(map.contains_key(r), "{at}.{r}: required by the schema but not serialised");
+                    assert!(
+                        map.contains_key(r),
+                        "{at}.{r}: required by the schema but not serialised"
+                    );
                 }
             }
             Value::Array(items) => {
@@ -595,7 +652,10 @@ mod schema_tests {
             }
             Value::String(s) => {
                 if let Some(allowed) = node.get("enum").and_then(Value::as_array) {
-                    assert!(allowed.iter().any(|a| a == s), "{at}: `{s}` not in the schema's enum");
+                    assert!(
+                        allowed.iter().any(|a| a == s),
+                        "{at}: `{s}` not in the schema's enum"
+                    );
                 }
             }
             _ => {}
@@ -641,10 +701,17 @@ mod schema_tests {
         let s = schema();
         let v = serde_json::to_value(full()).unwrap();
         for k in s["properties"].as_object().unwrap().keys() {
-            assert!(v.get(k).is_some(), "schema property `{k}` is not a manifest field");
+            assert!(
+                v.get(k).is_some(),
+                "schema property `{k}` is not a manifest field"
+            );
         }
         for def in ["entry", "dataset", "root", "workdir", "output"] {
-            let props: Vec<&String> = s["$defs"][def]["properties"].as_object().unwrap().keys().collect();
+            let props: Vec<&String> = s["$defs"][def]["properties"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect();
             let mut probe = serde_json::Map::new();
             for p in &props {
                 probe.insert((*p).clone(), Value::Null);

@@ -17,7 +17,11 @@ const MIB: f64 = 1048576.0;
 
 impl Progress {
     /// Starts counting; logs a progress line every few seconds while the returned guard lives.
-    pub fn start(label: &'static str, total_files: u64, total_bytes: u64) -> (Arc<Progress>, Reporter) {
+    pub fn start(
+        label: &'static str,
+        total_files: u64,
+        total_bytes: u64,
+    ) -> (Arc<Progress>, Reporter) {
         let p = Arc::new(Progress {
             label,
             total_bytes,
@@ -58,7 +62,10 @@ impl Progress {
         let secs = self.start.elapsed().as_secs_f64();
         let rate = bytes as f64 / secs.max(1e-3);
         let eta = if rate > 0.0 {
-            format!("{:.0}s", self.total_bytes.saturating_sub(bytes) as f64 / rate)
+            format!(
+                "{:.0}s",
+                self.total_bytes.saturating_sub(bytes) as f64 / rate
+            )
         } else {
             "?".into()
         };

@@ -26,8 +26,10 @@ const POLL: Duration = Duration::from_millis(200);
 
 pub async fn run(job: &Job, wait: &Wait, cfg: Transfer) -> Result<Done> {
     let started = Instant::now();
-    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("/", "install SIGTERM handler", e))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::io("/", "install SIGINT handler", e))?;
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Error::io("/", "install SIGTERM handler", e))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| Error::io("/", "install SIGINT handler", e))?;
     tracing::info!(job = %job.manifest.job_id, mode = ?wait.mode, "sidecar: waiting for the tool to end");
     let reason = match wait.mode {
         SidecarMode::File => wait_file(job, wait, &mut term).await?,
@@ -127,7 +129,8 @@ async fn wait_native(wait: &Wait, term: &mut Signal) -> Reason {
 
 /// `shared-pid` mode: the tool's processes (other cgroups than ours, not PID 1) appear, then are gone.
 async fn wait_shared_pid(job: &Job, wait: &Wait, term: &mut Signal) -> Result<Reason> {
-    let me = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| Error::io("/proc/self/cgroup", "read", e))?;
+    let me = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| Error::io("/proc/self/cgroup", "read", e))?;
     let ec = job.exit_code_file();
     let end = deadline(wait);
     let mut seen = false;
@@ -159,12 +162,15 @@ async fn wait_shared_pid(job: &Job, wait: &Wait, term: &mut Signal) -> Result<Re
 /// Processes of other containers: in another cgroup than ours, and not PID 1 (pause/catatonit).
 fn tool_processes(my_cgroup: &str) -> usize {
     let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != 1 && pid != me)
         .filter(|pid| {
             // A process that vanished between the listing and this read is gone: not counted.
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c != my_cgroup && !is_zombie(*pid))
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|c| c != my_cgroup && !is_zombie(*pid))
         })
         .count()
 }
@@ -172,18 +178,38 @@ fn tool_processes(my_cgroup: &str) -> usize {
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
-async fn upload_results(job: &Job, exit_code: Option<i32>, reason: Reason, waited: Duration, cfg: Transfer) -> Result<Done> {
+async fn upload_results(
+    job: &Job,
+    exit_code: Option<i32>,
+    reason: Reason,
+    waited: Duration,
+    cfg: Transfer,
+) -> Result<Done> {
     let started = Instant::now();
     let m = &job.manifest;
     let wd = job.workdir();
-    let staged: HashMap<&str, &Entry> = m.workdir.entries.iter().map(|e| (e.path.as_str(), e)).collect();
-    let apart: Vec<String> = m.outputs.iter().filter_map(|o| job.rel_in_workdir(&o.path)).collect();
+    let staged: HashMap<&str, &Entry> = m
+        .workdir
+        .entries
+        .iter()
+        .map(|e| (e.path.as_str(), e))
+        .collect();
+    let apart: Vec<String> = m
+        .outputs
+        .iter()
+        .filter_map(|o| job.rel_in_workdir(&o.path))
+        .collect();
     let needs_crc = |rel: &str, size: u64, mtime: i64| {
-        staged.get(rel).is_none_or(|s| s.kind != Kind::File || s.size != size || s.mtime_ns != mtime)
+        staged
+            .get(rel)
+            .is_none_or(|s| s.kind != Kind::File || s.size != size || s.mtime_ns != mtime)
     };
     let current: Vec<Entry> = tree::scan(&wd, &needs_crc)?
         .into_iter()
@@ -193,22 +219,31 @@ async fn upload_results(job: &Job, exit_code: Option<i32>, reason: Reason, waite
         .iter()
         .filter(|e| match staged.get(e.path.as_str()) {
             None => true,
-            Some(s) => s.kind != e.kind || (e.kind == Kind::File && e.crc64nvme.is_some() && e.crc64nvme != s.crc64nvme) || e.target != s.target,
+            Some(s) => {
+                s.kind != e.kind
+                    || (e.kind == Kind::File && e.crc64nvme.is_some() && e.crc64nvme != s.crc64nvme)
+                    || e.target != s.target
+            }
         })
         .map(|e| {
             let mut e = e.clone();
             if e.kind == Kind::File && e.crc64nvme.is_none() {
-                e.crc64nvme = staged.get(e.path.as_str()).and_then(|s| s.crc64nvme.clone());
+                e.crc64nvme = staged
+                    .get(e.path.as_str())
+                    .and_then(|s| s.crc64nvme.clone());
             }
             e
         })
         .collect();
-    let present: std::collections::HashSet<&str> = current.iter().map(|e| e.path.as_str()).collect();
+    let present: std::collections::HashSet<&str> =
+        current.iter().map(|e| e.path.as_str()).collect();
     let deleted: Vec<String> = m
         .workdir
         .entries
         .iter()
-        .filter(|e| !present.contains(e.path.as_str()) && !apart.iter().any(|o| is_within(&e.path, o)))
+        .filter(|e| {
+            !present.contains(e.path.as_str()) && !apart.iter().any(|o| is_within(&e.path, o))
+        })
         .map(|e| e.path.clone())
         .collect();
 
@@ -229,7 +264,10 @@ async fn upload_results(job: &Job, exit_code: Option<i32>, reason: Reason, waite
         match std::fs::symlink_metadata(&local) {
             Err(_) => missing_outputs.push(o.path.clone()),
             Ok(meta) if meta.file_type().is_symlink() => {
-                tracing::warn!("output {} is a symlink; not followed, not uploaded", local.display());
+                tracing::warn!(
+                    "output {} is a symlink; not followed, not uploaded",
+                    local.display()
+                );
                 missing_outputs.push(o.path.clone());
             }
             Ok(_) => {
@@ -241,7 +279,10 @@ async fn upload_results(job: &Job, exit_code: Option<i32>, reason: Reason, waite
         }
     }
     if !missing_outputs.is_empty() {
-        tracing::warn!("outputs not written by the job: {}", missing_outputs.join(", "));
+        tracing::warn!(
+            "outputs not written by the job: {}",
+            missing_outputs.join(", ")
+        );
     }
     tracing::info!(
         "sidecar: {} workdir entries changed, {} deleted, {} outputs; {} files to upload",
@@ -265,9 +306,14 @@ async fn upload_results(job: &Job, exit_code: Option<i32>, reason: Reason, waite
         requests: job.store.requests(),
         wait_seconds: waited.as_secs_f64(),
         upload_seconds: started.elapsed().as_secs_f64(),
-        finished_at: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        finished_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
     };
-    job.store.put_small(&m.done_key, record.to_json(), "application/json").await?;
+    job.store
+        .put_small(&m.done_key, record.to_json(), "application/json")
+        .await?;
     tracing::info!(
         job = %m.job_id,
         "sidecar done: exit={} reason={:?}; {}; wrote s3://{}/{}",

@@ -20,23 +20,39 @@ pub async fn run(a: &StageArgs, cfg: Transfer) -> Result<String> {
     let prefix = a.url.key.clone();
     let workdir = absolute(&a.workdir)?;
     if !Path::new(&workdir).is_dir() {
-        return Err(Error::io(&workdir, "read workdir", std::io::Error::other("not a directory")));
+        return Err(Error::io(
+            &workdir,
+            "read workdir",
+            std::io::Error::other("not a directory"),
+        ));
     }
     let ec = match &a.exit_code_file {
         Some(p) => absolute(p)?,
         None => format!("{workdir}/galaxy_{}.ec", a.job_id),
     };
     let abs_all = |ps: &[PathBuf]| ps.iter().map(|p| absolute(p)).collect::<Result<Vec<_>>>();
-    let (inputs, outputs, indices) = (abs_all(&a.inputs)?, abs_all(&a.outputs)?, abs_all(&a.indices)?);
+    let (inputs, outputs, indices) = (
+        abs_all(&a.inputs)?,
+        abs_all(&a.outputs)?,
+        abs_all(&a.indices)?,
+    );
 
     tracing::info!(job = %a.job_id, "stage: reading {workdir} and {} inputs, {} indices", inputs.len(), indices.len());
     let datasets_in = |paths: &[String], key: fn(&str, &str) -> String| {
-        paths.iter().map(|p| dataset(p, &key(&prefix, p))).collect::<Result<Vec<_>>>()
+        paths
+            .iter()
+            .map(|p| dataset(p, &key(&prefix, p)))
+            .collect::<Result<Vec<_>>>()
     };
     let inputs = datasets_in(&inputs, manifest::data_key)?;
     let indices = datasets_in(&indices, manifest::refs_key)?;
-    let outputs: Vec<Output> =
-        outputs.iter().map(|p| Output { path: p.clone(), key: manifest::data_key(&prefix, p) }).collect();
+    let outputs: Vec<Output> = outputs
+        .iter()
+        .map(|p| Output {
+            path: p.clone(),
+            key: manifest::data_key(&prefix, p),
+        })
+        .collect();
 
     // The workdir without what is staged or collected on its own: datasets, outputs, the .ec.
     let apart: Vec<&str> = inputs
@@ -49,17 +65,30 @@ pub async fn run(a: &StageArgs, cfg: Transfer) -> Result<String> {
     let wd = PathBuf::from(&workdir);
     let entries: Vec<Entry> = tree::scan(&wd, &|_, _, _| true)?
         .into_iter()
-        .filter(|e| !apart.iter().any(|p| is_within(&format!("{workdir}/{}", e.path), p)))
+        .filter(|e| {
+            !apart
+                .iter()
+                .any(|p| is_within(&format!("{workdir}/{}", e.path), p))
+        })
         .collect();
 
     let roots = if a.mount_roots.is_empty() {
         derive_roots(&workdir, &inputs, &indices, &outputs, &ec)?
     } else {
-        a.mount_roots.iter().map(|p| absolute(p)).collect::<Result<Vec<_>>>()?
+        a.mount_roots
+            .iter()
+            .map(|p| absolute(p))
+            .collect::<Result<Vec<_>>>()?
     };
-    let mut roots: Vec<Root> = roots.into_iter().map(|path| Root { path, bytes: 0 }).collect();
+    let mut roots: Vec<Root> = roots
+        .into_iter()
+        .map(|path| Root { path, bytes: 0 })
+        .collect();
     let wd_bytes: u64 = entries.iter().map(|e| e.size).sum();
-    for (path, bytes) in [(&workdir, wd_bytes)].into_iter().chain(inputs.iter().chain(&indices).map(|d| (&d.path, d.size))) {
+    for (path, bytes) in [(&workdir, wd_bytes)]
+        .into_iter()
+        .chain(inputs.iter().chain(&indices).map(|d| (&d.path, d.size)))
+    {
         if let Some(r) = roots.iter_mut().find(|r| is_within(path, &r.path)) {
             r.bytes += bytes;
         }
@@ -71,7 +100,11 @@ pub async fn run(a: &StageArgs, cfg: Transfer) -> Result<String> {
         bucket: a.url.bucket.clone(),
         prefix: prefix.clone(),
         roots,
-        workdir: Workdir { path: workdir.clone(), key: manifest::workdir_key(&prefix, &a.job_id), entries },
+        workdir: Workdir {
+            path: workdir.clone(),
+            key: manifest::workdir_key(&prefix, &a.job_id),
+            entries,
+        },
         inputs,
         outputs,
         indices,
@@ -80,7 +113,9 @@ pub async fn run(a: &StageArgs, cfg: Transfer) -> Result<String> {
     };
     // Check before uploading anything: a path outside every root is a usage error, not a surprise in the pod.
     m.validate().map_err(|r| {
-        Error::Config(format!("{r}; pass --mount-root for each directory the pod should mount"))
+        Error::Config(format!(
+            "{r}; pass --mount-root for each directory the pod should mount"
+        ))
     })?;
 
     let store = Arc::new(Store::connect(&a.url.bucket).await?);
@@ -89,13 +124,28 @@ pub async fn run(a: &StageArgs, cfg: Transfer) -> Result<String> {
         .entries
         .iter()
         .filter(|e| e.kind == Kind::File)
-        .map(|e| upload(&wd.join(&e.path), format!("{}/{}", m.workdir.key, e.path), e))
+        .map(|e| {
+            upload(
+                &wd.join(&e.path),
+                format!("{}/{}", m.workdir.key, e.path),
+                e,
+            )
+        })
         .collect();
     let w = transfer::upload_all(&store, workdir_files, cfg, false, "stage workdir").await?;
-    let d = transfer::upload_all(&store, dataset_uploads(m.inputs.iter().chain(&m.indices)), cfg, true, "stage datasets").await?;
+    let d = transfer::upload_all(
+        &store,
+        dataset_uploads(m.inputs.iter().chain(&m.indices)),
+        cfg,
+        true,
+        "stage datasets",
+    )
+    .await?;
 
     let key = m.manifest_key();
-    store.put_small(&key, m.to_json(), "application/json").await?;
+    store
+        .put_small(&key, m.to_json(), "application/json")
+        .await?;
     let url = format!("s3://{}/{key}", m.bucket);
     tracing::info!(
         job = %m.job_id,
@@ -110,7 +160,12 @@ pub async fn run(a: &StageArgs, cfg: Transfer) -> Result<String> {
 }
 
 fn upload(src: &Path, key: String, e: &Entry) -> Upload {
-    Upload { src: src.to_path_buf(), key, size: e.size, crc64nvme: e.crc64nvme.clone().unwrap_or_default() }
+    Upload {
+        src: src.to_path_buf(),
+        key,
+        size: e.size,
+        crc64nvme: e.crc64nvme.clone().unwrap_or_default(),
+    }
 }
 
 /// Every file of the given datasets as an upload.
@@ -124,12 +179,13 @@ pub fn dataset_uploads<'a>(datasets: impl Iterator<Item = &'a Dataset>) -> Vec<U
                 size: d.size,
                 crc64nvme: d.crc64nvme.clone().unwrap_or_default(),
             }),
-            _ => out.extend(
-                d.files
-                    .iter()
-                    .filter(|f| f.kind == Kind::File)
-                    .map(|f| upload(&Path::new(&d.path).join(&f.path), format!("{}/{}", d.key, f.path), f)),
-            ),
+            _ => out.extend(d.files.iter().filter(|f| f.kind == Kind::File).map(|f| {
+                upload(
+                    &Path::new(&d.path).join(&f.path),
+                    format!("{}/{}", d.key, f.path),
+                    f,
+                )
+            })),
         }
     }
     out
@@ -143,7 +199,16 @@ pub fn dataset(path: &str, key: &str) -> Result<Dataset> {
         let size = files.iter().map(|f| f.size).sum();
         let mode = meta.permissions().mode() & 0o7777;
         let mtime_ns = transfer::mtime_ns(&meta);
-        return Ok(Dataset { path: path.into(), key: key.into(), kind: Kind::Dir, size, mode, mtime_ns, crc64nvme: None, files });
+        return Ok(Dataset {
+            path: path.into(),
+            key: key.into(),
+            kind: Kind::Dir,
+            size,
+            mode,
+            mtime_ns,
+            crc64nvme: None,
+            files,
+        });
     }
     let (size, mode, mtime_ns, crc) = tree::file_entry(Path::new(path))?;
     Ok(Dataset {
@@ -177,7 +242,11 @@ pub fn derive_roots(
     };
     let mut dirs = vec![workdir.to_string()];
     for d in inputs.iter().chain(indices) {
-        dirs.push(if d.kind == Kind::Dir { d.path.clone() } else { parent(&d.path)? });
+        dirs.push(if d.kind == Kind::Dir {
+            d.path.clone()
+        } else {
+            parent(&d.path)?
+        });
     }
     for p in outputs.iter().map(|o| o.path.as_str()).chain([ec]) {
         if !is_within(p, workdir) {
@@ -204,7 +273,12 @@ pub fn derive_roots(
 }
 
 fn common_ancestor(a: &str, b: &str) -> String {
-    let common: Vec<&str> = a.split('/').zip(b.split('/')).take_while(|(x, y)| x == y).map(|(x, _)| x).collect();
+    let common: Vec<&str> = a
+        .split('/')
+        .zip(b.split('/'))
+        .take_while(|(x, y)| x == y)
+        .map(|(x, _)| x)
+        .collect();
     common.join("/")
 }
 
@@ -227,9 +301,22 @@ mod tests {
 
     #[test]
     fn default_roots_are_the_workdir_and_the_common_dataset_directory() {
-        let inputs = [file("/galaxy/files/000/dataset_1.dat"), file("/galaxy/files/001/dataset_2.dat")];
-        let outputs = [Output { path: "/galaxy/files/002/dataset_3.dat".into(), key: String::new() }];
-        let roots = derive_roots("/galaxy/jobs/000/42", &inputs, &[], &outputs, "/galaxy/jobs/000/42/galaxy_42.ec").unwrap();
+        let inputs = [
+            file("/galaxy/files/000/dataset_1.dat"),
+            file("/galaxy/files/001/dataset_2.dat"),
+        ];
+        let outputs = [Output {
+            path: "/galaxy/files/002/dataset_3.dat".into(),
+            key: String::new(),
+        }];
+        let roots = derive_roots(
+            "/galaxy/jobs/000/42",
+            &inputs,
+            &[],
+            &outputs,
+            "/galaxy/jobs/000/42/galaxy_42.ec",
+        )
+        .unwrap();
         assert_eq!(roots, vec!["/galaxy/files", "/galaxy/jobs/000/42"]);
     }
 

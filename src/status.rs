@@ -8,7 +8,11 @@ pub async fn line(job: &Job) -> Result<String> {
     let m = &job.manifest;
     let files = m.workdir.entries.len() + m.inputs.len() + m.indices.len();
     match job.store.get_small(&m.done_key).await? {
-        None => Ok(format!("staged job={} files={files} outputs={} (no done.json yet)", m.job_id, m.outputs.len())),
+        None => Ok(format!(
+            "staged job={} files={files} outputs={} (no done.json yet)",
+            m.job_id,
+            m.outputs.len()
+        )),
         Some(bytes) => {
             let d = Done::from_json(&bytes).map_err(|r| Error::manifest(&m.done_key, r))?;
             Ok(format!(

@@ -29,7 +29,11 @@ pub struct Requests {
 
 impl std::fmt::Display for Requests {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "requests get={} put={} head={} multipart={} list=0", self.get, self.put, self.head, self.multipart)
+        write!(
+            f,
+            "requests get={} put={} head={} multipart={} list=0",
+            self.get, self.put, self.head, self.multipart
+        )
     }
 }
 
@@ -66,14 +70,18 @@ impl Store {
     pub async fn connect(bucket: &str) -> Result<Store> {
         let attempts = match std::env::var(env::S3_MAX_ATTEMPTS) {
             Ok(v) => v.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
-                Error::Config(format!("{}=`{v}` is not a number ≥ 1", env::S3_MAX_ATTEMPTS))
+                Error::Config(format!(
+                    "{}=`{v}` is not a number ≥ 1",
+                    env::S3_MAX_ATTEMPTS
+                ))
             })?,
             Err(_) => 8,
         };
         let retry = aws_config::retry::RetryConfig::standard()
             .with_max_attempts(attempts)
             .with_max_backoff(Duration::from_secs(20));
-        let region = aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
+        let region =
+            aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(10))
             .build();
@@ -104,7 +112,12 @@ impl Store {
         }
     }
 
-    fn err<E>(&self, op: &'static str, key: &str, e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Error
+    fn err<E>(
+        &self,
+        op: &'static str,
+        key: &str,
+        e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
@@ -112,29 +125,56 @@ impl Store {
         let code = e.code().unwrap_or_default().to_string();
         let message = DisplayErrorContext(&e).to_string();
         let (bucket, key) = (self.bucket.clone(), key.to_string());
-        if status == Some(404) || matches!(code.as_str(), "NoSuchKey" | "NotFound" | "NoSuchBucket") {
+        if status == Some(404) || matches!(code.as_str(), "NoSuchKey" | "NotFound" | "NoSuchBucket")
+        {
             let hint = if code == "NoSuchBucket" {
                 format!(" (bucket {} does not exist)", self.bucket)
             } else {
                 String::new()
             };
-            return Error::Missing { op, bucket, key, hint };
+            return Error::Missing {
+                op,
+                bucket,
+                key,
+                hint,
+            };
         }
         if status == Some(403)
             || matches!(
                 code.as_str(),
-                "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken"
+                "AccessDenied"
+                    | "InvalidAccessKeyId"
+                    | "SignatureDoesNotMatch"
+                    | "ExpiredToken"
+                    | "InvalidToken"
             )
         {
-            return Error::Credentials { op, bucket, key, message };
+            return Error::Credentials {
+                op,
+                bucket,
+                key,
+                message,
+            };
         }
-        Error::S3 { op, bucket, key, message }
+        Error::S3 {
+            op,
+            bucket,
+            key,
+            message,
+        }
     }
 
     /// HEAD; `None` if the object does not exist.
     pub async fn head(&self, key: &str) -> Result<Option<Head>> {
         self.counters.head.fetch_add(1, Ordering::Relaxed);
-        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(o) => Ok(Some(Head {
                 size: o.content_length().unwrap_or(0).max(0) as u64,
                 crc64nvme: o.metadata().and_then(|m| m.get(CRC_METADATA)).cloned(),
@@ -170,7 +210,10 @@ impl Store {
         if let Some((a, b)) = range {
             req = req.range(format!("bytes={a}-{b}"));
         }
-        req.send().await.map(|o| o.body).map_err(|e| self.err("get", key, e))
+        req.send()
+            .await
+            .map(|o| o.body)
+            .map_err(|e| self.err("get", key, e))
     }
 
     /// PUT small bytes (manifest, done.json), checksummed.
@@ -223,7 +266,10 @@ impl Store {
             .await
             .map_err(|e| self.err("create multipart upload", key, e))?;
         let id = out.upload_id().unwrap_or_default().to_string();
-        self.open_uploads.lock().expect("lock").insert(key.to_string(), id.clone());
+        self.open_uploads
+            .lock()
+            .expect("lock")
+            .insert(key.to_string(), id.clone());
         Ok(id)
     }
 
@@ -264,14 +310,23 @@ impl Store {
             .build())
     }
 
-    pub async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<CompletedPart>) -> Result<()> {
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> Result<()> {
         self.counters.multipart.fetch_add(1, Ordering::Relaxed);
         self.client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| self.err("complete multipart upload", key, e))?;
@@ -290,7 +345,11 @@ impl Store {
             .send()
             .await;
         if let Err(e) = r {
-            tracing::warn!(key, "could not abort multipart upload: {}", DisplayErrorContext(&e));
+            tracing::warn!(
+                key,
+                "could not abort multipart upload: {}",
+                DisplayErrorContext(&e)
+            );
         }
         self.open_uploads.lock().expect("lock").remove(key);
     }
@@ -305,9 +364,22 @@ impl Store {
 
     /// Creates the bucket if it does not exist (for local runs and tests).
     pub async fn ensure_bucket(&self) -> Result<()> {
-        match self.client.create_bucket().bucket(&self.bucket).send().await {
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(self.err("create bucket", "", e)),
         }
     }

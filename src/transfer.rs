@@ -61,7 +61,10 @@ const BODY_ATTEMPTS: u32 = 6;
 
 /// The temporary name beside `dest`: hidden, fixed (a re-run reuses and then removes it).
 pub fn temp_path(dest: &Path) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     dest.with_file_name(format!(".{name}.ferry-tmp"))
 }
 
@@ -76,7 +79,9 @@ fn mtime(ns: i64) -> SystemTime {
 /// mtime of a file as nanoseconds since the epoch.
 pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
     use std::os::unix::fs::MetadataExt;
-    meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
+    meta.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.mtime_nsec())
 }
 
 /// True if `dest` already holds exactly these bytes (size, then checksum).
@@ -94,10 +99,17 @@ pub fn create_dirs(dir: &Path) -> Result<()> {
     match std::fs::symlink_metadata(dir) {
         Ok(m) if m.is_dir() => return Ok(()),
         Ok(m) if m.file_type().is_symlink() => {
-            return Err(Error::unsafe_path(dir.display().to_string(), "is a symlink where a directory is expected; ferry never writes through symlinks"));
+            return Err(Error::unsafe_path(
+                dir.display().to_string(),
+                "is a symlink where a directory is expected; ferry never writes through symlinks",
+            ));
         }
         Ok(_) => {
-            return Err(Error::io(dir, "create directory", std::io::Error::other("a file is in the way")));
+            return Err(Error::io(
+                dir,
+                "create directory",
+                std::io::Error::other("a file is in the way"),
+            ));
         }
         Err(_) => {}
     }
@@ -118,7 +130,12 @@ pub fn write_atomic(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     }
     let tmp = temp_path(dest);
     let res = (|| {
-        let f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all_at(bytes, 0)?;
         f.set_permissions(Permissions::from_mode(mode))?;
         std::fs::rename(&tmp, dest)
@@ -131,10 +148,8 @@ pub fn write_atomic(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 
 /// Places a symlink at `dest` pointing to `target` (never followed), replacing what is there.
 pub fn place_symlink(dest: &Path, target: &str) -> Result<()> {
-    if let Ok(existing) = std::fs::read_link(dest) {
-        if existing.as_os_str() == target {
-            return Ok(());
-        }
+    if std::fs::read_link(dest).is_ok_and(|existing| existing.as_os_str() == target) {
+        return Ok(());
     }
     let tmp = temp_path(dest);
     let _ = std::fs::remove_file(&tmp);
@@ -155,7 +170,7 @@ pub async fn download_all(
     let total: u64 = items.iter().map(|d| d.size).sum();
     let (progress, _reporter) = Progress::start(label, items.len() as u64, total);
     // Biggest first: their parts fill the pipe while small files queue behind them.
-    items.sort_by(|a, b| b.size.cmp(&a.size));
+    items.sort_by_key(|i| std::cmp::Reverse(i.size));
     let sem = Arc::new(Semaphore::new(cfg.concurrency.get()));
     let mut set = JoinSet::new();
     for item in items {
@@ -249,7 +264,8 @@ async fn fetch_to_temp(
         .mode(0o600)
         .open(tmp)
         .map_err(|e| Error::io(tmp, "create", e))?;
-    file.set_len(item.size).map_err(|e| Error::io(tmp, "preallocate", e))?;
+    file.set_len(item.size)
+        .map_err(|e| Error::io(tmp, "preallocate", e))?;
     let file = Arc::new(file);
     let crc = if item.size == 0 {
         checksum::of_bytes(b"")
@@ -261,11 +277,13 @@ async fn fetch_to_temp(
         let mut start = 0;
         while start < item.size {
             let len = part.min(item.size - start);
-            let (store, sem, file, progress) = (store.clone(), sem.clone(), file.clone(), progress.clone());
+            let (store, sem, file, progress) =
+                (store.clone(), sem.clone(), file.clone(), progress.clone());
             let (key, tmp) = (item.key.clone(), tmp.to_path_buf());
             set.spawn(async move {
                 let _permit = sem.acquire_owned().await.expect("semaphore open");
-                let crc = fetch_range(&store, &key, Some(start), len, &file, &tmp, &progress).await?;
+                let crc =
+                    fetch_range(&store, &key, Some(start), len, &file, &tmp, &progress).await?;
                 Ok::<_, Error>((start, len, crc))
             });
             start += len;
@@ -275,16 +293,32 @@ async fn fetch_to_temp(
             match j {
                 Ok(Ok(p)) => parts.push(p),
                 Ok(Err(e)) => return Err(e),
-                Err(e) => return Err(Error::io(tmp, "download part", std::io::Error::other(e.to_string()))),
+                Err(e) => {
+                    return Err(Error::io(
+                        tmp,
+                        "download part",
+                        std::io::Error::other(e.to_string()),
+                    ));
+                }
             }
         }
         parts.sort_by_key(|p| p.0);
-        parts.iter().skip(1).fold(parts[0].2, |acc, &(_, len, crc)| checksum::combine(acc, crc, len))
+        parts
+            .iter()
+            .skip(1)
+            .fold(parts[0].2, |acc, &(_, len, crc)| {
+                checksum::combine(acc, crc, len)
+            })
     };
     let got = checksum::encode(crc);
     if got != item.crc64nvme {
         return Err(Error::Checksum {
-            what: format!("crc64nvme of s3://{}/{} (for {})", store.bucket, item.key, item.dest.display()),
+            what: format!(
+                "crc64nvme of s3://{}/{} (for {})",
+                store.bucket,
+                item.key,
+                item.dest.display()
+            ),
             expected: item.crc64nvme.clone(),
             actual: got,
         });
@@ -324,7 +358,8 @@ async fn fetch_range(
                             actual: "more bytes".into(),
                         });
                     }
-                    file.write_all_at(&chunk, base + done).map_err(|e| Error::io(tmp, "write", e))?;
+                    file.write_all_at(&chunk, base + done)
+                        .map_err(|e| Error::io(tmp, "write", e))?;
                     crc.update(&chunk);
                     done += chunk.len() as u64;
                     progress.add_bytes(chunk.len() as u64);
@@ -352,7 +387,12 @@ async fn fetch_range(
                         message: format!("body broke {attempt} times, last: {e}"),
                     });
                 }
-                tracing::warn!(key, done, "body broke mid-transfer ({e}); resuming at byte {}", base + done);
+                tracing::warn!(
+                    key,
+                    done,
+                    "body broke mid-transfer ({e}); resuming at byte {}",
+                    base + done
+                );
                 tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
             }
         }
@@ -370,7 +410,7 @@ pub async fn upload_all(
 ) -> Result<Stats> {
     let total: u64 = items.iter().map(|u| u.size).sum();
     let (progress, _reporter) = Progress::start(label, items.len() as u64, total);
-    items.sort_by(|a, b| b.size.cmp(&a.size));
+    items.sort_by_key(|i| std::cmp::Reverse(i.size));
     let sem = Arc::new(Semaphore::new(cfg.concurrency.get()));
     let mut set = JoinSet::new();
     for item in items {
@@ -403,16 +443,19 @@ async fn upload_one(
 ) -> Result<bool> {
     if skip_present {
         let _permit = sem.acquire().await.expect("semaphore open");
-        if let Some(h) = store.head(&item.key).await? {
-            if h.size == item.size && h.crc64nvme.as_deref() == Some(item.crc64nvme.as_str()) {
-                progress.add_bytes(item.size);
-                return Ok(false);
-            }
+        let head = store.head(&item.key).await?;
+        if head.is_some_and(|h| {
+            h.size == item.size && h.crc64nvme.as_deref() == Some(item.crc64nvme.as_str())
+        }) {
+            progress.add_bytes(item.size);
+            return Ok(false);
         }
     }
     if item.size <= part {
         let _permit = sem.acquire().await.expect("semaphore open");
-        store.put_file(&item.key, &item.src, &item.crc64nvme).await?;
+        store
+            .put_file(&item.key, &item.src, &item.crc64nvme)
+            .await?;
         progress.add_bytes(item.size);
         return Ok(true);
     }
@@ -425,7 +468,9 @@ async fn upload_one(
         let (key, id, src) = (item.key.clone(), id.clone(), item.src.clone());
         set.spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore open");
-            let p = store.upload_part(&key, &id, number, &src, start, len).await?;
+            let p = store
+                .upload_part(&key, &id, number, &src, start, len)
+                .await?;
             progress.add_bytes(len);
             Ok::<_, Error>(p)
         });
@@ -442,7 +487,11 @@ async fn upload_one(
                 break;
             }
             Err(e) => {
-                failure = Some(Error::io(&item.src, "upload part", std::io::Error::other(e.to_string())));
+                failure = Some(Error::io(
+                    &item.src,
+                    "upload part",
+                    std::io::Error::other(e.to_string()),
+                ));
                 break;
             }
         }
@@ -466,7 +515,10 @@ mod tests {
 
     #[test]
     fn the_temporary_name_is_hidden_beside_the_final_one() {
-        assert_eq!(temp_path(Path::new("/a/b/out.txt")), PathBuf::from("/a/b/.out.txt.ferry-tmp"));
+        assert_eq!(
+            temp_path(Path::new("/a/b/out.txt")),
+            PathBuf::from("/a/b/.out.txt.ferry-tmp")
+        );
     }
 
     #[test]
@@ -475,7 +527,10 @@ mod tests {
         let dest = d.path().join("sub/x.ec");
         write_atomic(&dest, b"3\n", 0o644).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"3\n");
-        let names: Vec<_> = std::fs::read_dir(d.path().join("sub")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(d.path().join("sub"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("x.ec")]);
     }
 
@@ -484,7 +539,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink("/tmp", d.path().join("link")).unwrap();
         let e = create_dirs(&d.path().join("link/inner")).unwrap_err();
-        assert!(e.to_string().contains("never writes through symlinks"), "{e}");
+        assert!(
+            e.to_string().contains("never writes through symlinks"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -492,7 +550,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let l = d.path().join("l");
         place_symlink(&l, "../../etc/passwd").unwrap();
-        assert_eq!(std::fs::read_link(&l).unwrap(), PathBuf::from("../../etc/passwd"));
+        assert_eq!(
+            std::fs::read_link(&l).unwrap(),
+            PathBuf::from("../../etc/passwd")
+        );
         place_symlink(&l, "other").unwrap();
         assert_eq!(std::fs::read_link(&l).unwrap(), PathBuf::from("other"));
     }

@@ -17,7 +17,12 @@ pub fn scan(dir: &Path, checksum: &dyn Fn(&str, u64, i64) -> bool) -> Result<Vec
     Ok(out)
 }
 
-fn walk(dir: &Path, rel: &str, checksum: &dyn Fn(&str, u64, i64) -> bool, out: &mut Vec<Entry>) -> Result<()> {
+fn walk(
+    dir: &Path,
+    rel: &str,
+    checksum: &dyn Fn(&str, u64, i64) -> bool,
+    out: &mut Vec<Entry>,
+) -> Result<()> {
     let reader = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "read directory", e))?;
     for dent in reader {
         let dent = dent.map_err(|e| Error::io(dir, "read directory", e))?;
@@ -33,12 +38,17 @@ fn walk(dir: &Path, rel: &str, checksum: &dyn Fn(&str, u64, i64) -> bool, out: &
         }
         let path = dent.path();
         let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io(&path, "stat", e))?;
-        let child = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
+        let child = if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        };
         let mode = meta.permissions().mode() & 0o7777;
         let mtime = mtime_ns(&meta);
         let ft = meta.file_type();
         if ft.is_symlink() {
-            let target = std::fs::read_link(&path).map_err(|e| Error::io(&path, "read symlink", e))?;
+            let target =
+                std::fs::read_link(&path).map_err(|e| Error::io(&path, "read symlink", e))?;
             out.push(Entry {
                 path: child,
                 kind: Kind::Symlink,
@@ -86,7 +96,12 @@ fn walk(dir: &Path, rel: &str, checksum: &dyn Fn(&str, u64, i64) -> bool, out: &
 pub fn file_entry(path: &Path) -> Result<(u64, u32, i64, String)> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "stat", e))?;
     let (size, crc) = checksum::of_file(path).map_err(|e| Error::io(path, "read", e))?;
-    Ok((size, meta.permissions().mode() & 0o7777, mtime_ns(&meta), checksum::encode(crc)))
+    Ok((
+        size,
+        meta.permissions().mode() & 0o7777,
+        mtime_ns(&meta),
+        checksum::encode(crc),
+    ))
 }
 
 #[cfg(test)]
@@ -100,12 +115,21 @@ mod tests {
         std::fs::write(d.path().join("a/f.txt"), b"hello").unwrap();
         std::os::unix::fs::symlink("/etc", d.path().join("out")).unwrap();
         let entries = scan(d.path(), &|_, _, _| true).unwrap();
-        let summary: Vec<(&str, Kind)> = entries.iter().map(|e| (e.path.as_str(), e.kind)).collect();
+        let summary: Vec<(&str, Kind)> =
+            entries.iter().map(|e| (e.path.as_str(), e.kind)).collect();
         assert_eq!(
             summary,
-            vec![("a", Kind::Dir), ("a/empty", Kind::Dir), ("a/f.txt", Kind::File), ("out", Kind::Symlink)]
+            vec![
+                ("a", Kind::Dir),
+                ("a/empty", Kind::Dir),
+                ("a/f.txt", Kind::File),
+                ("out", Kind::Symlink)
+            ]
         );
-        assert_eq!(entries[2].crc64nvme.as_deref(), Some(checksum::encode(checksum::of_bytes(b"hello")).as_str()));
+        assert_eq!(
+            entries[2].crc64nvme.as_deref(),
+            Some(checksum::encode(checksum::of_bytes(b"hello")).as_str())
+        );
         assert_eq!(entries[3].target.as_deref(), Some("/etc"));
     }
 }

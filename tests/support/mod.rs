@@ -25,7 +25,9 @@ pub fn endpoint() -> &'static str {
         if let Ok(e) = std::env::var("FERRY_TEST_S3_ENDPOINT") {
             return e;
         }
-        let state = repo().join("target/test-s3").join(std::process::id().to_string());
+        let state = repo()
+            .join("target/test-s3")
+            .join(std::process::id().to_string());
         std::fs::create_dir_all(&state).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let st = state.clone();
@@ -36,14 +38,16 @@ pub fn endpoint() -> &'static str {
             cmd.arg("run").arg(&st);
             unsafe {
                 cmd.pre_exec(|| {
-                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                        .map_err(std::io::Error::from)
                 });
             }
-            let child = cmd.spawn().expect("start scripts/s3-server.sh run (run scripts/setup.sh first)");
+            let mut child = cmd
+                .spawn()
+                .expect("start scripts/s3-server.sh run (run scripts/setup.sh first)");
             tx.send(child.id()).unwrap();
-            loop {
-                std::thread::park();
-            }
+            // Blocks for the server's lifetime, keeping this thread (its parent) alive.
+            let _ = child.wait();
         });
         let _pid = rx.recv().unwrap();
         let endpoint_file = state.join("endpoint");
@@ -57,7 +61,10 @@ pub fn endpoint() -> &'static str {
             }
             std::thread::sleep(std::time::Duration::from_millis(150));
         }
-        panic!("SeaweedFS did not start; see {}", state.join("weed.log").display());
+        panic!(
+            "SeaweedFS did not start; see {}",
+            state.join("weed.log").display()
+        );
     })
 }
 
@@ -85,7 +92,9 @@ pub fn ferry(args: &[&str]) -> Output {
 
 pub fn ferry_with(args: &[&str], extra_env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(ferry_bin());
-    cmd.args(args).env_remove("FERRY_MANIFEST").env_remove("FERRY_ROOT");
+    cmd.args(args)
+        .env_remove("FERRY_MANIFEST")
+        .env_remove("FERRY_ROOT");
     for (k, v) in s3_env() {
         cmd.env(k, v);
     }
@@ -105,7 +114,12 @@ pub fn stderr(o: &Output) -> String {
 
 /// Asserts success and returns stdout.
 pub fn ok(o: Output) -> String {
-    assert!(o.status.success(), "ferry failed ({:?}):\n{}", o.status.code(), stderr(&o));
+    assert!(
+        o.status.success(),
+        "ferry failed ({:?}):\n{}",
+        o.status.code(),
+        stderr(&o)
+    );
     stdout(&o)
 }
 
@@ -127,7 +141,11 @@ pub async fn bucket(name: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let b = format!(
         "t-{}-{}-{}",
-        name.replace('_', "-").chars().take(30).collect::<String>().trim_end_matches('-'),
+        name.replace('_', "-")
+            .chars()
+            .take(30)
+            .collect::<String>()
+            .trim_end_matches('-'),
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     );
@@ -162,8 +180,18 @@ pub async fn put(bucket: &str, key: &str, body: &[u8]) {
 }
 
 pub async fn keys(bucket: &str) -> Vec<String> {
-    let out = client().await.list_objects_v2().bucket(bucket).send().await.unwrap();
-    let mut k: Vec<String> = out.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect();
+    let out = client()
+        .await
+        .list_objects_v2()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    let mut k: Vec<String> = out
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .collect();
     k.sort();
     k
 }
@@ -185,12 +213,23 @@ pub fn snapshot(root: &Path) -> Vec<(String, String, String)> {
             let m = std::fs::symlink_metadata(&p).unwrap();
             let mode = m.permissions().mode() & 0o7777;
             if m.file_type().is_symlink() {
-                out.push((rel, "link".into(), std::fs::read_link(&p).unwrap().to_string_lossy().to_string()));
+                out.push((
+                    rel,
+                    "link".into(),
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .to_string_lossy()
+                        .to_string(),
+                ));
             } else if m.is_dir() {
                 out.push((rel, format!("dir {mode:o}"), String::new()));
                 walk(root, &p, out);
             } else {
-                out.push((rel, format!("file {mode:o}"), digest(&std::fs::read(&p).unwrap())));
+                out.push((
+                    rel,
+                    format!("file {mode:o}"),
+                    digest(&std::fs::read(&p).unwrap()),
+                ));
             }
         }
     }
@@ -201,5 +240,9 @@ pub fn snapshot(root: &Path) -> Vec<(String, String, String)> {
 
 /// Files whose name marks them as ferry's temporary files.
 pub fn temp_files(root: &Path) -> Vec<String> {
-    snapshot(root).into_iter().map(|(p, _, _)| p).filter(|p| p.ends_with(".ferry-tmp")).collect()
+    snapshot(root)
+        .into_iter()
+        .map(|(p, _, _)| p)
+        .filter(|p| p.ends_with(".ferry-tmp"))
+        .collect()
 }
