@@ -115,7 +115,7 @@ pub enum Error {
         message: String,
     },
 
-    #[error("{path}: {what}: {source}")]
+    #[error("{path}: {what}: {}", describe_io(source))]
     Io {
         path: PathBuf,
         what: &'static str,

@@ -253,7 +253,29 @@ impl Store {
             .map_err(|e| self.err("put", key, e))
     }
 
+    /// Starts a multipart upload of `key`, first aborting any left open by a run that was killed
+    /// (SIGKILL gives no chance to abort): a re-run leaves no orphaned parts behind.
     pub async fn create_multipart(&self, key: &str, crc64nvme: &str) -> Result<String> {
+        self.counters.multipart.fetch_add(1, Ordering::Relaxed);
+        let stale = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(key)
+            .send()
+            .await
+            .map_err(|e| self.err("list multipart uploads", key, e))?;
+        for u in stale.uploads() {
+            if let (Some(k), Some(id)) = (u.key(), u.upload_id())
+                && k == key
+            {
+                tracing::info!(
+                    key,
+                    "aborting a multipart upload left open by an earlier run"
+                );
+                self.abort_multipart(k, id).await;
+            }
+        }
         self.counters.multipart.fetch_add(1, Ordering::Relaxed);
         let out = self
             .client

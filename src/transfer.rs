@@ -235,7 +235,17 @@ async fn download_one(
         create_dirs(parent)?;
     }
     let tmp = TempFile(temp_path(&item.dest));
-    fetch_to_temp(store, sem, item, part, &tmp.0, progress).await?;
+    fetch_to_temp(store, sem, item, part, &tmp.0, progress)
+        .await
+        .map_err(|e| match e {
+            // Name the file the user knows, not our temporary name beside it.
+            Error::Io { path, what, source } if path == tmp.0 => Error::Io {
+                path: item.dest.clone(),
+                what,
+                source,
+            },
+            e => e,
+        })?;
     Ok(true)
 }
 
