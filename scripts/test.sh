@@ -20,8 +20,12 @@ cargo_rc=${PIPESTATUS[0]}
 read -r rust_pass rust_fail < <(awk '/^test result:/ {p+=$4; f+=$6} END {print p+0, f+0}' target/test-logs/cargo.log)
 
 py_pass=0 py_fail=0 py_rc=0
-if ls tests/pods/test_*.py tests/galaxy/test_*.py >/dev/null 2>&1; then
-  .venv/bin/python -m pytest -q -p no:cacheprovider tests/pods tests/galaxy 2>&1 | tee target/test-logs/pytest.log
+py_dirs=()
+for d in tests/pods tests/galaxy tests/faults; do
+  compgen -G "$d/test_*.py" >/dev/null && py_dirs+=("$d")
+done
+if [ ${#py_dirs[@]} -gt 0 ]; then
+  .venv/bin/python -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning "${py_dirs[@]}" 2>&1 | tee target/test-logs/pytest.log
   py_rc=${PIPESTATUS[0]}
   summary=$(tail -n 1 target/test-logs/pytest.log)
   count() { awk -v want="$1" '{for (i = 1; i < NF; i++) if ($(i + 1) ~ want) s += $i} END {print s + 0}' <<<"$summary"; }
