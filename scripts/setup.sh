@@ -32,7 +32,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   printf '%s' "$want" >"$stamp"
 fi
 
-cargo build --release --locked 2>&1 | grep -vE '^\s+(Compiling|Downloaded|Downloading)' || true
+# --all-targets: one feature set for the binary and the tests (dev-dependencies unify features),
+# so `cargo test` reuses this build instead of compiling the AWS SDK a second time.
+cargo build --release --locked --all-targets 2>&1 | grep -vE '^\s+(Compiling|Downloaded|Downloading)' || true
 bin=target/x86_64-unknown-linux-gnu/release/ferry
 [ -x "$bin" ] || { echo "setup: cargo build failed" >&2; exit 1; }
 scripts/build-images.sh "$bin"

@@ -728,3 +728,79 @@ mod schema_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod property_tests {
+    //! Properties of parsing and of the key ⇄ path mapping, over generated hostile input.
+    use super::tests::sample;
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Path-ish strings built from the components an attacker would use.
+    fn hostile_path() -> impl Strategy<Value = String> {
+        let component = prop_oneof![
+            "\\.\\.",
+            "\\.",
+            "",
+            "a",
+            "b c",
+            "ü",
+            "x\u{0}y",
+            "/",
+            "etc",
+            "[a-z]{1,8}"
+        ];
+        (proptest::bool::ANY, prop::collection::vec(component, 1..6))
+            .prop_map(|(abs, parts)| format!("{}{}", if abs { "/" } else { "" }, parts.join("/")))
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Manifest::from_json(&bytes);
+        }
+
+        #[test]
+        fn an_accepted_relative_path_stays_inside_its_root(p in hostile_path()) {
+            if check_rel(&p).is_ok() {
+                let root = Path::new("/root/of/job");
+                let joined = root.join(&p);
+                prop_assert!(joined.starts_with(root));
+                prop_assert!(joined.components().all(|c| !matches!(c, std::path::Component::ParentDir)));
+            } else {
+                prop_assert!(p.is_empty() || p.starts_with('/') || p.contains('\0')
+                    || p.split('/').any(|c| c.is_empty() || c == "." || c == ".."));
+            }
+        }
+
+        #[test]
+        fn an_accepted_absolute_path_lands_under_the_local_root(p in hostile_path()) {
+            if check_abs(&p).is_ok() {
+                let local = local_path(Some(Path::new("/pod")), &p);
+                prop_assert!(local.starts_with("/pod"));
+                prop_assert!(local.components().all(|c| !matches!(c, std::path::Component::ParentDir)));
+            }
+        }
+
+        #[test]
+        fn every_path_of_an_accepted_manifest_lies_under_a_root(
+            entry in hostile_path(), input in hostile_path(), key in hostile_path()
+        ) {
+            let mut m = sample();
+            m.workdir.entries[0].path = entry;
+            m.inputs[0].path = input;
+            m.inputs[0].key = key;
+            if let Ok(m) = Manifest::from_json(&m.to_json()) {
+                for e in &m.workdir.entries {
+                    let abs = format!("{}/{}", m.workdir.path, e.path);
+                    prop_assert!(m.root_of(&abs).is_some());
+                    prop_assert!(check_rel(&e.path).is_ok());
+                }
+                for d in &m.inputs {
+                    prop_assert!(m.root_of(&d.path).is_some());
+                    prop_assert!(d.key.starts_with("ferry/data/") && !d.key.split('/').any(|c| c == ".."));
+                }
+            }
+        }
+    }
+}
