@@ -3,7 +3,10 @@
 #   scripts/s3-server.sh start STATE_DIR   # prints the endpoint URL once the server takes requests
 #   scripts/s3-server.sh stop STATE_DIR    # stops it by PID and removes its data and sockets
 #   scripts/s3-server.sh run STATE_DIR     # runs it in the foreground (the Rust test harness)
-# Credentials: testkey / testsecret. Every port is picked free, so several servers can run at once.
+#   scripts/s3-server.sh restart STATE_DIR # stops it (SIGTERM) keeping its data, starts it again on
+#                                          # the same ports; prints the endpoint when ready (fault tests)
+# Credentials: testkey / testsecret. Every port is picked free, so several servers can run at once;
+# FERRY_S3_PORTS="S3 MASTER MGRPC VOLUME VGRPC FILER FGRPC ADMIN AGRPC DEBUG" chooses them instead.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 weed=${FERRY_WEED:-$repo/.venv/bin/weed}
@@ -14,7 +17,11 @@ case "$cmd" in
 start|run)
   [ -x "$weed" ] || { echo "s3-server: $weed missing; run scripts/setup.sh" >&2; exit 1; }
   mkdir -p "$state/data"
-  read -r s3 master mgrpc volume vgrpc filer fgrpc admin agrpc debug < <(python3 - <<'PY'
+  if [ -n "${FERRY_S3_PORTS:-}" ]; then
+    read -r s3 master mgrpc volume vgrpc filer fgrpc admin agrpc debug <<<"$FERRY_S3_PORTS"
+    [ -n "$debug" ] || { echo "s3-server: FERRY_S3_PORTS needs 10 ports" >&2; exit 2; }
+  else
+    read -r s3 master mgrpc volume vgrpc filer fgrpc admin agrpc debug < <(python3 - <<'PY'
 import socket
 socks = [socket.socket() for _ in range(10)]
 for s in socks:
@@ -22,6 +29,8 @@ for s in socks:
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 )
+  fi
+  echo "$s3 $master $mgrpc $volume $vgrpc $filer $fgrpc $admin $agrpc $debug" >"$state/ports.all"
   echo "http://127.0.0.1:$s3" >"$state/endpoint"
   echo "$s3 $((s3 + 10000)) $master $mgrpc $volume $vgrpc $filer $fgrpc $admin $agrpc" >"$state/ports"
   args=(mini -dir="$state/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false
@@ -49,6 +58,18 @@ PY
   echo "s3-server: not ready after 60 s; see $state/weed.log" >&2
   exit 1
   ;;
+restart)
+  [ -f "$state/ports.all" ] || { echo "s3-server: no server was started in $state" >&2; exit 1; }
+  if [ -f "$state/pid" ]; then
+    pid=$(cat "$state/pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 80); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$state/pid"
+  fi
+  mv -f "$state/weed.log" "$state/weed.log.1" 2>/dev/null || true
+  FERRY_S3_PORTS=$(cat "$state/ports.all") exec "$0" start "$state"
+  ;;
 stop)
   if [ -f "$state/pid" ]; then
     pid=$(cat "$state/pid")
@@ -61,5 +82,5 @@ stop)
   # weed leaves Unix sockets named after its ports in the temp dir.
   for port in $(cat "$state/ports" 2>/dev/null); do rm -f "${TMPDIR:-/tmp}"/seaweedfs-*-"$port".sock; done
   ;;
-*) echo "usage: s3-server.sh start|stop STATE_DIR" >&2; exit 2 ;;
+*) echo "usage: s3-server.sh start|stop|run|restart STATE_DIR" >&2; exit 2 ;;
 esac

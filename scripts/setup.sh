@@ -34,7 +34,12 @@ fi
 
 # --all-targets: one feature set for the binary and the tests (dev-dependencies unify features),
 # so `cargo test` reuses this build instead of compiling the AWS SDK a second time.
-cargo build --release --locked --all-targets 2>&1 | grep -vE '^\s+(Compiling|Downloaded|Downloading)' || true
+mkdir -p target
+echo "setup: cargo build --release (a cold build takes several minutes on 2 cores)"
+if ! cargo build --release --locked --all-targets >target/build.log 2>&1; then
+  tail -n 60 target/build.log >&2
+  echo "setup: cargo build failed; full log in target/build.log" >&2
+  exit 1
+fi
 bin=target/x86_64-unknown-linux-gnu/release/ferry
-[ -x "$bin" ] || { echo "setup: cargo build failed" >&2; exit 1; }
 scripts/build-images.sh "$bin"

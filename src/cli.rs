@@ -111,6 +111,23 @@ pub struct InjectArgs {
     /// Extra environment for ferry's containers, NAME=VALUE (repeatable), e.g. AWS_ENDPOINT_URL=…
     #[arg(long = "env", value_name = "NAME=VALUE")]
     pub env: Vec<String>,
+    /// For jobs that write no exit-code file themselves (any batch pod, not Galaxy): run every
+    /// tool container's command under `/ferry-bin/ferry exec --exit-code-file <manifest's file>`.
+    /// ferry-init copies ferry into a small emptyDir mounted read-only at /ferry-bin. The
+    /// containers must set `command` (inject cannot see the image's ENTRYPOINT), or give it with
+    /// --entrypoint.
+    #[arg(long)]
+    pub wrap: bool,
+    /// With --wrap: one word of the tool image's ENTRYPOINT (repeat in order, e.g.
+    /// `--entrypoint /usr/bin/tini --entrypoint --`), run before the `args` of a container that
+    /// sets no `command`.
+    #[arg(
+        long,
+        value_name = "WORD",
+        requires = "wrap",
+        allow_hyphen_values = true
+    )]
+    pub entrypoint: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -156,6 +173,9 @@ pub struct InitArgs {
     /// Place every absolute path under this directory instead of at `/` (local runs, tests).
     #[arg(long, env = "FERRY_ROOT")]
     pub root: Option<PathBuf>,
+    /// Also copy this ferry binary to DIR/ferry (mode 0555) first, for `inject --wrap`.
+    #[arg(long, value_name = "DIR")]
+    pub install_self: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -88,6 +88,23 @@ pub async fn run(job: &Job, cfg: Transfer) -> Result<()> {
     Ok(())
 }
 
+/// `init --install-self DIR`: copies the running ferry binary to `DIR/ferry` (mode 0555,
+/// temp-then-rename), for the tool containers of `inject --wrap` to run `ferry exec` from.
+pub fn install_self(dir: &Path) -> Result<PathBuf> {
+    let exe = Path::new("/proc/self/exe");
+    let bytes = std::fs::read(exe).map_err(|e| Error::io(exe, "read the ferry binary", e))?;
+    let dest = dir.join("ferry");
+    // A temp file left by a killed run is read-only: remove it rather than fail to reopen it.
+    let _ = std::fs::remove_file(transfer::temp_path(&dest));
+    transfer::write_atomic(&dest, &bytes, 0o555)?;
+    tracing::info!(
+        "installed ferry ({} bytes) at {}",
+        bytes.len(),
+        dest.display()
+    );
+    Ok(dest)
+}
+
 /// Plans the entries of one tree rooted at `base` whose objects live under `key`.
 pub fn plan_tree(
     base: &Path,
@@ -116,4 +133,27 @@ pub fn plan_tree(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_self_places_a_read_only_executable_copy_of_ferry_and_can_run_again() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("ferry-bin");
+        let dest = install_self(&dir).unwrap();
+        assert_eq!(dest, dir.join("ferry"));
+        let me = std::fs::read("/proc/self/exe").unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), me);
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o555);
+        install_self(&dir).unwrap();
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from("ferry")]);
+    }
 }

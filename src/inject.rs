@@ -5,10 +5,17 @@
 //! injecting twice gives the same YAML as injecting once:
 //! - containers `ferry-init` and `ferry-sidecar` (or `z…z-ferry-sidecar`, see [`sidecar_name`]),
 //!   in `initContainers` or `containers`: these names are reserved;
-//! - `emptyDir` volumes named `ferry-…-r<N>` (see [`volume_names`]) and every mount of them.
+//! - `emptyDir` volumes named `ferry-…-r<N>` (see [`volume_names`]) or `ferry-…-bin` (see
+//!   [`bin_volume_name`]) and every mount of them;
+//! - a tool command that starts with `/ferry-bin/ferry exec` (see [`wrap`]).
 //!
 //! One emptyDir per manifest root, mounted at the root's own path (no `subPath`, which podman
 //! ignores on an emptyDir) in ferry's containers and in every other container of the pod.
+//!
+//! With `--wrap` (jobs that write no exit-code file, i.e. anything but Galaxy), `ferry-init` also
+//! copies ferry into one more small emptyDir, mounted read-only at `/ferry-bin` in the tool
+//! containers, and each tool container's `command` + `args` becomes
+//! `/ferry-bin/ferry exec --exit-code-file <manifest's file> -- <command…> <args…>`.
 
 use crate::cli::{InjectArgs, SidecarKind};
 use crate::config::{Concurrency, PartSize, Transfer};
@@ -32,6 +39,13 @@ const MEMORY_OVERHEAD: u64 = 256 * MIB;
 /// Longest Kubernetes object name that is a DNS-1123 label (volume names).
 const MAX_LABEL: usize = 63;
 
+/// Where `--wrap` puts the ferry binary in the tool containers (an emptyDir of its own).
+pub const BIN_DIR: &str = "/ferry-bin";
+/// `BIN_DIR`'s binary; a tool command starting with it and `exec` is a wrapper of ours.
+pub const BIN_FERRY: &str = "/ferry-bin/ferry";
+/// sizeLimit of the `/ferry-bin` emptyDir: the image's stripped static binary is ≈ 30 MiB.
+const BIN_SIZE_LIMIT: u64 = 64 * MIB;
+
 const SUPPORTED: &str = "a Pod (v1), a Job (batch/v1), a PodTemplate (v1), a bare pod template \
 (`metadata` + `spec`) or a bare pod spec (`containers: …`)";
 
@@ -45,6 +59,10 @@ pub struct Options<'a> {
     pub sidecar: SidecarKind,
     /// Extra environment of ferry's containers, after ferry's own (a same name replaces).
     pub extra_env: &'a [(String, String)],
+    /// Run the tool containers' commands under `ferry exec` (`--wrap`).
+    pub wrap: bool,
+    /// The tool image's ENTRYPOINT, for a container that sets only `args` (`--entrypoint`).
+    pub entrypoint: &'a [String],
 }
 
 pub async fn run(args: &InjectArgs) -> Result<String> {
@@ -56,6 +74,8 @@ pub async fn run(args: &InjectArgs) -> Result<String> {
         image: &args.image,
         sidecar: args.sidecar,
         extra_env: &extra_env,
+        wrap: args.wrap,
+        entrypoint: &args.entrypoint,
     };
     inject(&input, &manifest, &opts)
 }
@@ -175,9 +195,10 @@ fn pod_spec(doc: &mut Value) -> Result<&mut Mapping> {
 /// Adds volumes, mounts, the init container, the sidecar and the pod-level settings.
 pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) -> Result<()> {
     let names = volume_names(&manifest.job_id, manifest.roots.len());
+    let bin_name = bin_volume_name(&manifest.job_id);
 
     // 1. Remove what an earlier injection added.
-    let mut ours: Vec<String> = names.clone();
+    let mut ours: Vec<String> = names.iter().cloned().chain([bin_name.clone()]).collect();
     if let Some(vols) = spec.get_mut("volumes").and_then(Value::as_sequence_mut) {
         vols.retain(|v| {
             let name = name_of(v).unwrap_or_default();
@@ -194,6 +215,9 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
             for c in cs.iter_mut() {
                 if let Some(mounts) = c.get_mut("volumeMounts").and_then(Value::as_sequence_mut) {
                     mounts.retain(|m| !name_of(m).is_some_and(|n| ours.iter().any(|o| o == n)));
+                }
+                if list == "containers" {
+                    unwrap(c);
                 }
             }
         }
@@ -221,9 +245,25 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
             let name = name_of(c)
                 .ok_or_else(|| Error::Yaml(format!("an entry of `{list}` has no name")))?;
             check_mounts(c, name, manifest)?;
+            if opts.wrap {
+                check_bin_mount(c, name)?;
+            }
             if list == "containers" {
                 tool_names.push(name.to_string());
             }
+        }
+    }
+    if opts.wrap {
+        if let Some(r) = manifest
+            .roots
+            .iter()
+            .find(|r| is_within(&r.path, BIN_DIR) || is_within(BIN_DIR, &r.path))
+        {
+            return Err(Error::Yaml(format!(
+                "--wrap mounts ferry at {BIN_DIR}, which overlaps the staged root {}; \
+                 stage the job with other mount roots",
+                r.path
+            )));
         }
     }
     let user = run_as(spec, &tools[0]);
@@ -245,6 +285,21 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
         map([("name", n.as_str().into()), ("emptyDir", empty_dir)])
     });
     seq_mut(spec, "volumes", None)?.extend(volumes);
+    let bin_mount = |read_only: bool| {
+        let mut m = map([
+            ("name", bin_name.as_str().into()),
+            ("mountPath", BIN_DIR.into()),
+        ]);
+        if read_only && let Some(m) = m.as_mapping_mut() {
+            m.insert("readOnly".into(), true.into());
+        }
+        m
+    };
+    if opts.wrap {
+        let limit = map([("sizeLimit", quantity(BIN_SIZE_LIMIT).into())]);
+        let volume = map([("name", bin_name.as_str().into()), ("emptyDir", limit)]);
+        seq_mut(spec, "volumes", None)?.push(volume);
+    }
     for list in ["initContainers", "containers"] {
         for c in spec
             .get_mut(list)
@@ -256,6 +311,10 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
                 .as_mapping_mut()
                 .ok_or_else(|| Error::Yaml(format!("an entry of `{list}` is not a mapping")))?;
             seq_mut(c, "volumeMounts", None)?.extend(mounts.iter().cloned());
+            if opts.wrap && list == "containers" {
+                seq_mut(c, "volumeMounts", None)?.push(bin_mount(true));
+                wrap(c, &manifest.exit_code_file, opts.entrypoint)?;
+            }
         }
     }
 
@@ -263,11 +322,23 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
     let ferry = |name: &str, args: &[&str], env: Vec<(String, String)>| {
         ferry_container(name, args, env, &mounts, user, memory, opts)
     };
-    let init = ferry(
+    let init_args: &[&str] = if opts.wrap {
+        &["init", "--install-self", BIN_DIR]
+    } else {
+        &["init"]
+    };
+    let mut init = ferry(
         INIT_NAME,
-        &["init"],
+        init_args,
         ferry_env(opts.manifest_url, None, opts.extra_env),
     );
+    if opts.wrap
+        && let Some(m) = init
+            .get_mut("volumeMounts")
+            .and_then(Value::as_sequence_mut)
+    {
+        m.push(bin_mount(false));
+    }
     let mode = match opts.sidecar {
         SidecarKind::Native => "native",
         SidecarKind::SharedPid => "shared-pid",
@@ -357,14 +428,117 @@ fn is_ferry_container(name: &str) -> bool {
         })
 }
 
-/// An emptyDir named `ferry-…-r<N>`, as [`volume_names`] makes them.
+/// An emptyDir named `ferry-…-r<N>` or `ferry-…-bin`, as [`volume_names`] and
+/// [`bin_volume_name`] make them.
 fn is_ferry_volume(v: &Value) -> bool {
     let Some(name) = name_of(v) else { return false };
     let index = name.rsplit_once("-r").map(|(_, i)| i).unwrap_or_default();
-    name.starts_with("ferry-")
-        && !index.is_empty()
-        && index.bytes().all(|b| b.is_ascii_digit())
-        && v.get("emptyDir").is_some()
+    let root = !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit());
+    let bin = name.len() > "ferry--bin".len() && name.ends_with("-bin");
+    name.starts_with("ferry-") && (root || bin) && v.get("emptyDir").is_some()
+}
+
+/// The `/ferry-bin` volume of `--wrap`: `ferry-<job id>-bin`, cleaned as in [`volume_names`].
+pub fn bin_volume_name(job_id: &str) -> String {
+    format!("ferry-{}-bin", volume_base(job_id, "-bin".len()))
+}
+
+/// `command` + `args` → `/ferry-bin/ferry exec --exit-code-file EC -- command… args…`, without
+/// `args`. A container without `command` would run its image's ENTRYPOINT, which inject cannot
+/// see: `entrypoint` stands for it, else the container is refused.
+fn wrap(c: &mut Mapping, exit_code_file: &str, entrypoint: &[String]) -> Result<()> {
+    let name = c
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("?")
+        .to_string();
+    let words = |key: &str| -> Result<Option<Vec<Value>>> {
+        match c.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Sequence(s)) if s.is_empty() => Ok(None),
+            Some(Value::Sequence(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(Error::Yaml(format!(
+                "container `{name}`: `{key}` is not a list"
+            ))),
+        }
+    };
+    let (command, args) = (words("command")?, words("args")?);
+    let command = match (command, args.is_some(), entrypoint.is_empty()) {
+        (Some(command), _, _) => command,
+        (None, true, false) => entrypoint.iter().map(|w| w.as_str().into()).collect(),
+        (None, false, false) => {
+            return Err(Error::Yaml(format!(
+                "container `{name}` sets neither `command` nor `args`, so its image's CMD would run, \
+                 which inject cannot see; --wrap needs `command` (or `args` with --entrypoint)"
+            )));
+        }
+        (None, _, true) => {
+            return Err(Error::Yaml(format!(
+                "container `{name}` sets no `command`, so its image's ENTRYPOINT would run, which \
+                 inject cannot see; --wrap needs `command` in the YAML, or the ENTRYPOINT given \
+                 with --entrypoint (repeat it once per word)"
+            )));
+        }
+    };
+    let wrapped: Vec<Value> = [BIN_FERRY, "exec", "--exit-code-file", exit_code_file, "--"]
+        .into_iter()
+        .map(Value::from)
+        .chain(command)
+        .chain(args.into_iter().flatten())
+        .collect();
+    if c.contains_key("command") {
+        c.insert("command".into(), Value::Sequence(wrapped));
+        c.shift_remove("args");
+    } else {
+        // `command` takes the place of `args`, so the key order stays the input's.
+        let old = std::mem::take(c);
+        for (k, v) in old {
+            if k.as_str() == Some("args") {
+                c.insert("command".into(), Value::Sequence(wrapped.clone()));
+            } else {
+                c.insert(k, v);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Undoes [`wrap`]: a command `/ferry-bin/ferry exec … -- ORIGINAL…` becomes `ORIGINAL…`.
+fn unwrap(c: &mut Value) {
+    let Some(command) = c.get_mut("command").and_then(Value::as_sequence_mut) else {
+        return;
+    };
+    let is_ours = command.first().and_then(Value::as_str) == Some(BIN_FERRY)
+        && command.get(1).and_then(Value::as_str) == Some("exec");
+    if let Some(end) = command
+        .iter()
+        .position(|w| w.as_str() == Some("--"))
+        .filter(|_| is_ours)
+    {
+        command.drain(..=end);
+    }
+}
+
+/// With `--wrap`, `/ferry-bin` is ferry's: a container must not mount anything at or inside it.
+fn check_bin_mount(c: &Value, container: &str) -> Result<()> {
+    for m in c
+        .get("volumeMounts")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+    {
+        let Some(raw) = m.get("mountPath").and_then(Value::as_str) else {
+            continue;
+        };
+        if is_within(&normalise(raw), BIN_DIR) {
+            return Err(Error::Yaml(format!(
+                "container `{container}` mounts volume `{}` at {raw}, where --wrap puts ferry; \
+                 remove that mount",
+                name_of(m).unwrap_or("?")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// One volume name per root: `ferry-<job id>-r<index>`, a DNS-1123 label of ≤ 63 characters.
@@ -373,7 +547,12 @@ fn is_ferry_volume(v: &Value) -> bool {
 /// is not already a label (upper case, `_`, `.`, too long) is cleaned up and gets a hash of the
 /// original, so two ids never share a name.
 pub fn volume_names(job_id: &str, roots: usize) -> Vec<String> {
-    let suffix_len = format!("-r{}", roots.saturating_sub(1)).len();
+    let base = volume_base(job_id, format!("-r{}", roots.saturating_sub(1)).len());
+    (0..roots).map(|i| format!("ferry-{base}-r{i}")).collect()
+}
+
+/// The job id as the middle of a volume name `ferry-<base><suffix>` of ≤ 63 characters.
+fn volume_base(job_id: &str, suffix_len: usize) -> String {
     let budget = MAX_LABEL - "ferry-".len() - suffix_len;
     let mut clean = String::new();
     for c in job_id.chars() {
@@ -384,7 +563,7 @@ pub fn volume_names(job_id: &str, roots: usize) -> Vec<String> {
         }
     }
     let clean = clean.trim_end_matches('-');
-    let base = if clean == job_id && clean.len() <= budget {
+    if clean == job_id && clean.len() <= budget {
         clean.to_string()
     } else {
         let hash = format!("{:08x}", fnv1a(job_id.as_bytes()) as u32);
@@ -395,8 +574,7 @@ pub fn volume_names(job_id: &str, roots: usize) -> Vec<String> {
         } else {
             format!("{head}-{hash}")
         }
-    };
-    (0..roots).map(|i| format!("ferry-{base}-r{i}")).collect()
+    }
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -625,6 +803,8 @@ mod tests {
             image: "registry.example/ferry:0.1",
             sidecar,
             extra_env: NO_ENV,
+            wrap: false,
+            entrypoint: &[],
         }
     }
 
@@ -1142,6 +1322,15 @@ spec:
             all.push(n[10].clone());
         }
         assert!(volume_names("job-1", 1)[0].starts_with("ferry-job-1-r0"));
+        assert_eq!(bin_volume_name("job-1"), "ferry-job-1-bin");
+        for id in ids {
+            let bin = bin_volume_name(id);
+            assert!(label(&bin) && bin.ends_with("-bin"), "{bin}");
+            assert!(is_ferry_volume(&map([
+                ("name", bin.as_str().into()),
+                ("emptyDir", map([]))
+            ])));
+        }
         assert!(volume_names("Job_1", 1)[0].starts_with("ferry-job-1-"));
         all.sort();
         all.dedup();
@@ -1155,6 +1344,209 @@ spec:
         assert_eq!(quantity(512 * MIB), "512Mi");
         assert_eq!(quantity(1000), "1000");
         assert_eq!(size_limit(u64::MAX) % MIB, 0);
+    }
+
+    fn wrapping(entrypoint: &[String]) -> Options<'_> {
+        Options {
+            wrap: true,
+            entrypoint,
+            ..opts(SidecarKind::SharedPid)
+        }
+    }
+
+    fn yaml(s: &str) -> Value {
+        serde_yaml_ng::from_str(s).unwrap()
+    }
+
+    const WRAPPER: &str =
+        "[/ferry-bin/ferry, exec, --exit-code-file, /galaxy/jobs/42/galaxy_42.ec, --";
+
+    const GENERIC: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: p
+spec:
+  containers:
+  - name: sort
+    image: busybox
+    command: [/bin/sh, -c]
+    args: ["sort in > out"]
+    workingDir: /galaxy/jobs/42
+"#;
+
+    #[test]
+    fn wrap_runs_the_tools_command_and_args_under_ferry_exec() {
+        let out: Value = yaml(&inject(GENERIC, &sample(), &wrapping(&[])).unwrap());
+        let tool = &spec(&out)["containers"][0];
+        assert_eq!(
+            tool["command"],
+            yaml(&format!("{WRAPPER}, /bin/sh, -c, sort in > out]"))
+        );
+        assert!(tool.get("args").is_none());
+        let keys: Vec<_> = tool
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            ["name", "image", "command", "workingDir", "volumeMounts"]
+        );
+    }
+
+    #[test]
+    fn wrap_makes_ferry_init_copy_ferry_into_a_small_emptydir_read_only_in_the_tool() {
+        let out: Value = yaml(&inject(GENERIC, &sample(), &wrapping(&[])).unwrap());
+        let s = spec(&out);
+        let bin: Vec<_> = s["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter(|v| v["name"].as_str() == Some("ferry-42-bin"))
+            .collect();
+        assert_eq!(bin.len(), 1);
+        assert_eq!(bin[0]["emptyDir"]["sizeLimit"].as_str(), Some("64Mi"));
+        let init = &s["initContainers"][0];
+        assert_eq!(init["args"], yaml("[init, --install-self, /ferry-bin]"));
+        let bin_mount = |c: &Value| {
+            c["volumeMounts"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"].as_str() == Some("ferry-42-bin"))
+                .cloned()
+        };
+        let init_mount = bin_mount(init).unwrap();
+        assert_eq!(init_mount["mountPath"].as_str(), Some("/ferry-bin"));
+        assert!(init_mount.get("readOnly").is_none());
+        let tool_mount = bin_mount(&s["containers"][0]).unwrap();
+        assert_eq!(tool_mount["mountPath"].as_str(), Some("/ferry-bin"));
+        assert_eq!(tool_mount["readOnly"].as_bool(), Some(true));
+        assert_eq!(names(&s["containers"]), ["sort", "zz-ferry-sidecar"]);
+        assert!(
+            bin_mount(&s["containers"][1]).is_none(),
+            "the sidecar needs no copy"
+        );
+        assert_eq!(
+            s["containers"][1]["args"],
+            yaml("[sidecar, --mode, shared-pid]")
+        );
+    }
+
+    #[test]
+    fn wrap_puts_the_entrypoint_before_the_args_of_a_container_without_command() {
+        let entrypoint = ["/tini".to_string(), "--".to_string()];
+        let input = GENERIC.replace("    command: [/bin/sh, -c]\n", "");
+        let out: Value = yaml(&inject(&input, &sample(), &wrapping(&entrypoint)).unwrap());
+        let tool = &spec(&out)["containers"][0];
+        assert_eq!(
+            tool["command"],
+            yaml(&format!("{WRAPPER}, /tini, --, sort in > out]"))
+        );
+        assert!(tool.get("args").is_none());
+        let keys: Vec<_> = tool
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            ["name", "image", "command", "workingDir", "volumeMounts"]
+        );
+        // A command in the YAML wins over --entrypoint, as over the image's ENTRYPOINT.
+        let out: Value = yaml(&inject(GENERIC, &sample(), &wrapping(&entrypoint)).unwrap());
+        assert_eq!(
+            spec(&out)["containers"][0]["command"],
+            yaml(&format!("{WRAPPER}, /bin/sh, -c, sort in > out]"))
+        );
+    }
+
+    #[test]
+    fn wrap_refuses_a_container_without_command_and_names_it() {
+        let input = GENERIC.replace("    command: [/bin/sh, -c]\n", "");
+        let e = inject(&input, &sample(), &wrapping(&[])).unwrap_err();
+        assert!(matches!(e, Error::Yaml(_)), "{e:?}");
+        let e = e.to_string();
+        assert!(
+            e.contains("container `sort` sets no `command`") && e.contains("--entrypoint"),
+            "{e}"
+        );
+        // Without --wrap the same container is fine: its command is not touched.
+        let out: Value = yaml(&inject(&input, &sample(), &opts(SidecarKind::SharedPid)).unwrap());
+        assert_eq!(spec(&out)["containers"][0]["args"], yaml("[sort in > out]"));
+        assert!(spec(&out)["containers"][0].get("command").is_none());
+    }
+
+    #[test]
+    fn wrap_refuses_a_container_that_would_run_the_images_cmd() {
+        let entrypoint = ["/tini".to_string()];
+        let input = GENERIC
+            .replace("    command: [/bin/sh, -c]\n", "")
+            .replace("    args: [\"sort in > out\"]\n", "");
+        let e = inject(&input, &sample(), &wrapping(&entrypoint))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("container `sort` sets neither `command` nor `args`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrapping_twice_equals_wrapping_once() {
+        let entrypoint = ["/tini".to_string()];
+        let only_args = GENERIC.replace("    command: [/bin/sh, -c]\n", "");
+        for input in [GENERIC, only_args.as_str()] {
+            let once = inject(input, &sample(), &wrapping(&entrypoint)).unwrap();
+            let twice = inject(&once, &sample(), &wrapping(&entrypoint)).unwrap();
+            assert_eq!(once, twice);
+            assert_eq!(once.matches("/ferry-bin/ferry").count(), 1, "{once}");
+        }
+    }
+
+    #[test]
+    fn injecting_a_wrapped_pod_without_wrap_restores_the_tools_command() {
+        let wrapped = inject(GENERIC, &sample(), &wrapping(&[])).unwrap();
+        let out: Value = yaml(&inject(&wrapped, &sample(), &opts(SidecarKind::SharedPid)).unwrap());
+        let s = spec(&out);
+        assert_eq!(
+            s["containers"][0]["command"],
+            yaml("[/bin/sh, -c, sort in > out]")
+        );
+        assert!(
+            !serde_yaml_ng::to_string(&out)
+                .unwrap()
+                .contains("ferry-bin")
+        );
+        assert_eq!(s["initContainers"][0]["args"], yaml("[init]"));
+    }
+
+    #[test]
+    fn without_wrap_no_ferry_bin_is_added() {
+        let out = inject(GENERIC, &sample(), &opts(SidecarKind::Native)).unwrap();
+        assert!(!out.contains("ferry-bin"), "{out}");
+        assert_eq!(
+            spec(&yaml(&out))["containers"][0]["args"],
+            yaml("[sort in > out]")
+        );
+    }
+
+    #[test]
+    fn wrap_refuses_a_mount_at_ferry_bin() {
+        let input = GENERIC.replace(
+            "    workingDir: /galaxy/jobs/42\n",
+            "    volumeMounts:\n    - name: mine\n      mountPath: /ferry-bin/\n",
+        );
+        let e = inject(&input, &sample(), &wrapping(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("container `sort`") && e.contains("/ferry-bin/"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -92,6 +92,9 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         }
         Command::Stage(a) => interruptible(stage::run(&a, cfg)).await.map(print),
         Command::Init(a) => {
+            if let Some(dir) = &a.install_self {
+                init::install_self(dir)?;
+            }
             let job = job::Job::load(&a.manifest.manifest, a.root).await?;
             interruptible(init::run(&job, cfg)).await.map(|_| done)
         }

@@ -24,11 +24,23 @@ async fn staged(name: &str) -> Staged {
     fs::write(base.join("d/in.dat"), vec![b'x'; 4096]).unwrap();
     let b = base.to_str().unwrap();
     let url = ok(ferry(&[
-        "stage", "--url", &format!("s3://{bucket}/p"), "--job-id", "1", "--workdir", &format!("{b}/w/job"),
-        "--input", &format!("{b}/d/in.dat"),
+        "stage",
+        "--url",
+        &format!("s3://{bucket}/p"),
+        "--job-id",
+        "1",
+        "--workdir",
+        &format!("{b}/w/job"),
+        "--input",
+        &format!("{b}/d/in.dat"),
     ]));
     fs::rename(&base, tmp.path().join("away")).unwrap();
-    Staged { bucket, url, base, _tmp: tmp }
+    Staged {
+        bucket,
+        url,
+        base,
+        _tmp: tmp,
+    }
 }
 
 fn code(o: &std::process::Output) -> i32 {
@@ -52,7 +64,12 @@ fn input_key(s: &Staged) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn init_refuses_a_malformed_manifest() {
     let s = staged("malformed").await;
-    put(&s.bucket, "p/jobs/1/manifest.json", b"{\"version\": 1, \"job_id\": ").await;
+    put(
+        &s.bucket,
+        "p/jobs/1/manifest.json",
+        b"{\"version\": 1, \"job_id\": ",
+    )
+    .await;
     let o = ferry(&["init", "--manifest", &s.url]);
     assert_eq!(code(&o), 3);
     one_line_error(&o, &[&s.url, "not valid JSON"]);
@@ -62,9 +79,15 @@ async fn init_refuses_a_malformed_manifest() {
 #[tokio::test(flavor = "multi_thread")]
 async fn init_refuses_a_manifest_of_another_version() {
     let s = staged("version").await;
-    let mut m: serde_json::Value = serde_json::from_slice(&get(&s.bucket, "p/jobs/1/manifest.json").await.unwrap()).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&get(&s.bucket, "p/jobs/1/manifest.json").await.unwrap()).unwrap();
     m["version"] = 2.into();
-    put(&s.bucket, "p/jobs/1/manifest.json", m.to_string().as_bytes()).await;
+    put(
+        &s.bucket,
+        "p/jobs/1/manifest.json",
+        m.to_string().as_bytes(),
+    )
+    .await;
     let o = ferry(&["init", "--manifest", &s.url]);
     assert_eq!(code(&o), 3);
     one_line_error(&o, &["version 2 is not supported"]);
@@ -74,9 +97,15 @@ async fn init_refuses_a_manifest_of_another_version() {
 #[tokio::test(flavor = "multi_thread")]
 async fn init_refuses_a_key_that_escapes_its_root() {
     let s = staged("escape").await;
-    let mut m: serde_json::Value = serde_json::from_slice(&get(&s.bucket, "p/jobs/1/manifest.json").await.unwrap()).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&get(&s.bucket, "p/jobs/1/manifest.json").await.unwrap()).unwrap();
     m["workdir"]["entries"][0]["path"] = "../../../escaped.txt".into();
-    put(&s.bucket, "p/jobs/1/manifest.json", m.to_string().as_bytes()).await;
+    put(
+        &s.bucket,
+        "p/jobs/1/manifest.json",
+        m.to_string().as_bytes(),
+    )
+    .await;
     let o = ferry(&["init", "--manifest", &s.url]);
     assert_eq!(code(&o), 3);
     one_line_error(&o, &["../../../escaped.txt", "could escape its root"]);
@@ -89,7 +118,11 @@ async fn a_manifest_copied_to_another_key_is_refused() {
     let s = staged("copied").await;
     let body = get(&s.bucket, "p/jobs/1/manifest.json").await.unwrap();
     put(&s.bucket, "p/jobs/2/manifest.json", &body).await;
-    let o = ferry(&["init", "--manifest", &format!("s3://{}/p/jobs/2/manifest.json", s.bucket)]);
+    let o = ferry(&[
+        "init",
+        "--manifest",
+        &format!("s3://{}/p/jobs/2/manifest.json", s.bucket),
+    ]);
     assert_eq!(code(&o), 3);
     one_line_error(&o, &["not this URL"]);
 }
@@ -97,7 +130,14 @@ async fn a_manifest_copied_to_another_key_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn init_names_a_missing_object_and_leaves_nothing_partial() {
     let s = staged("missing").await;
-    client().await.delete_object().bucket(&s.bucket).key(input_key(&s)).send().await.unwrap();
+    client()
+        .await
+        .delete_object()
+        .bucket(&s.bucket)
+        .key(input_key(&s))
+        .send()
+        .await
+        .unwrap();
     let o = ferry(&["init", "--manifest", &s.url]);
     assert_eq!(code(&o), 5);
     one_line_error(&o, &[&input_key(&s), "not found"]);
@@ -119,10 +159,22 @@ async fn init_detects_a_corrupted_object_and_leaves_nothing_partial() {
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_credentials_are_reported_as_such() {
     let s = staged("creds").await;
-    let o = ferry_with(&["init", "--manifest", &s.url], &[("AWS_SECRET_ACCESS_KEY", "not-the-secret")]);
+    let o = ferry_with(
+        &["init", "--manifest", &s.url],
+        &[("AWS_SECRET_ACCESS_KEY", "not-the-secret")],
+    );
     assert_eq!(code(&o), 6);
-    one_line_error(&o, &["p/jobs/1/manifest.json", "credentials or permission refused"]);
-    assert!(!stderr(&o).contains("not-the-secret"), "the secret is never logged");
+    one_line_error(
+        &o,
+        &[
+            "p/jobs/1/manifest.json",
+            "credentials or permission refused",
+        ],
+    );
+    assert!(
+        !stderr(&o).contains("not-the-secret"),
+        "the secret is never logged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -132,7 +184,10 @@ async fn collect_without_done_json_writes_a_non_zero_exit_code() {
     let o = ferry(&["collect", "--manifest", &s.url, "--wait", "1"]);
     assert_eq!(code(&o), 9);
     one_line_error(&o, &["no done.json", "wrote exit code 1"]);
-    assert_eq!(fs::read_to_string(s.base.join("w/job/galaxy_1.ec")).unwrap(), "1\n");
+    assert_eq!(
+        fs::read_to_string(s.base.join("w/job/galaxy_1.ec")).unwrap(),
+        "1\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -140,8 +195,13 @@ async fn a_tool_that_never_writes_its_exit_code_never_looks_successful() {
     let s = staged("noec").await;
     ok(ferry(&["init", "--manifest", &s.url]));
     let o = ferry(&["sidecar", "--manifest", &s.url, "--timeout", "1"]);
-    assert!(o.status.success(), "a failed tool is data, not a sidecar failure: {}", stderr(&o));
-    let done: serde_json::Value = serde_json::from_slice(&get(&s.bucket, "p/jobs/1/done.json").await.unwrap()).unwrap();
+    assert!(
+        o.status.success(),
+        "a failed tool is data, not a sidecar failure: {}",
+        stderr(&o)
+    );
+    let done: serde_json::Value =
+        serde_json::from_slice(&get(&s.bucket, "p/jobs/1/done.json").await.unwrap()).unwrap();
     assert_eq!(done["reason"], "timeout");
     assert!(done["exit_code"].is_null());
     fs::remove_dir_all(&s.base).unwrap();
@@ -149,7 +209,10 @@ async fn a_tool_that_never_writes_its_exit_code_never_looks_successful() {
     let o = ferry(&["collect", "--manifest", &s.url]);
     assert_eq!(code(&o), 9);
     one_line_error(&o, &["without an exit code"]);
-    assert_eq!(fs::read_to_string(s.base.join("w/job/galaxy_1.ec")).unwrap(), "1\n");
+    assert_eq!(
+        fs::read_to_string(s.base.join("w/job/galaxy_1.ec")).unwrap(),
+        "1\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -160,8 +223,17 @@ async fn stage_refuses_an_input_outside_every_mount_root() {
     fs::create_dir_all(&wd).unwrap();
     fs::write(tmp.path().join("in.dat"), b"x").unwrap();
     let o = ferry(&[
-        "stage", "--url", &format!("s3://{bucket}/p"), "--job-id", "1", "--workdir", wd.to_str().unwrap(),
-        "--input", tmp.path().join("in.dat").to_str().unwrap(), "--mount-root", wd.to_str().unwrap(),
+        "stage",
+        "--url",
+        &format!("s3://{bucket}/p"),
+        "--job-id",
+        "1",
+        "--workdir",
+        wd.to_str().unwrap(),
+        "--input",
+        tmp.path().join("in.dat").to_str().unwrap(),
+        "--mount-root",
+        wd.to_str().unwrap(),
     ]);
     assert_eq!(code(&o), 2);
     one_line_error(&o, &["is under no root", "--mount-root"]);
@@ -170,7 +242,15 @@ async fn stage_refuses_an_input_outside_every_mount_root() {
 
 #[test]
 fn a_bad_flag_is_a_usage_error() {
-    let o = ferry(&["stage", "--url", "http://not-s3", "--job-id", "1", "--workdir", "/tmp"]);
+    let o = ferry(&[
+        "stage",
+        "--url",
+        "http://not-s3",
+        "--job-id",
+        "1",
+        "--workdir",
+        "/tmp",
+    ]);
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("not an s3:// URL"), "{}", stderr(&o));
 }

@@ -10,7 +10,15 @@ fn exec_passes_stdio_through_and_exits_with_the_commands_code() {
     let d = tempfile::tempdir().unwrap();
     let ec = d.path().join("exit.code");
     let out = Command::new(support::ferry_bin())
-        .args(["exec", "--exit-code-file", ec.to_str().unwrap(), "--", "/bin/sh", "-c", "read x; echo out:$x; echo err >&2; exit 3"])
+        .args([
+            "exec",
+            "--exit-code-file",
+            ec.to_str().unwrap(),
+            "--",
+            "/bin/sh",
+            "-c",
+            "read x; echo out:$x; echo err >&2; exit 3",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -32,12 +40,27 @@ fn exec_forwards_sigterm_and_records_143() {
     let d = tempfile::tempdir().unwrap();
     let ec = d.path().join("exit.code");
     let child = Command::new(support::ferry_bin())
-        .args(["exec", "--exit-code-file", ec.to_str().unwrap(), "--", "/bin/sleep", "30"])
+        .args([
+            "exec",
+            "--exit-code-file",
+            ec.to_str().unwrap(),
+            "--",
+            "/bin/sleep",
+            "30",
+        ])
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let status = child.wait_with_output().unwrap().status;
-    assert_eq!(status.code(), Some(143), "sleep died of the forwarded SIGTERM");
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "sleep died of the forwarded SIGTERM"
+    );
     assert_eq!(std::fs::read_to_string(&ec).unwrap(), "143\n");
 }

@@ -20,9 +20,14 @@ fn make_head(base: &Path) {
     write(&wd.join("galaxy_42.sh"), b"#!/bin/sh\necho hi\n");
     fs::set_permissions(wd.join("galaxy_42.sh"), fs::Permissions::from_mode(0o755)).unwrap();
     write(&wd.join("working/empty.txt"), b"");
-    write(&wd.join("configs/tool conf ü.xml"), "<conf>ü</conf>".as_bytes());
+    write(
+        &wd.join("configs/tool conf ü.xml"),
+        "<conf>ü</conf>".as_bytes(),
+    );
     write(&wd.join("configs/to_be_deleted.txt"), b"bye");
-    let big: Vec<u8> = (0..20 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..20 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     write(&wd.join("working/big.bin"), &big);
     fs::create_dir_all(wd.join("outputs/empty dir")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", wd.join("outside-link")).unwrap();
@@ -34,13 +39,20 @@ fn make_head(base: &Path) {
 fn run_job(base: &Path) {
     let wd = base.join("jobs/000/42");
     let input = fs::read(base.join("files/000/dataset_1.dat")).unwrap();
-    write(&base.join("files/002/dataset_3.dat"), &input.to_ascii_uppercase());
+    write(
+        &base.join("files/002/dataset_3.dat"),
+        &input.to_ascii_uppercase(),
+    );
     write(&wd.join("configs/tool conf ü.xml"), b"<conf>changed</conf>");
     fs::remove_file(wd.join("configs/to_be_deleted.txt")).unwrap();
     write(&wd.join("outputs/tool_stdout"), b"hello\n");
     write(&wd.join("outputs/tool_stderr"), b"");
     write(&wd.join("working/new/result.txt"), b"new file");
-    fs::set_permissions(wd.join("working/new/result.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(
+        wd.join("working/new/result.txt"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     write(&wd.join("galaxy_42.ec"), b"0\n");
 }
 
@@ -68,8 +80,14 @@ async fn a_job_round_trips_through_s3_byte_identical() {
     ]));
     assert_eq!(url, format!("s3://{bucket}/ferry/jobs/42/manifest.json"));
     let staged = keys(&bucket).await;
-    assert!(staged.contains(&format!("ferry/data{b}/files/000/dataset_1.dat")), "{staged:?}");
-    assert!(staged.contains(&"ferry/jobs/42/workdir/configs/tool conf ü.xml".to_string()), "{staged:?}");
+    assert!(
+        staged.contains(&format!("ferry/data{b}/files/000/dataset_1.dat")),
+        "{staged:?}"
+    );
+    assert!(
+        staged.contains(&"ferry/jobs/42/workdir/configs/tool conf ü.xml".to_string()),
+        "{staged:?}"
+    );
 
     // The pod is another machine: the head's directories are not there.
     let away = tmp.path().join("head.away");
@@ -77,21 +95,42 @@ async fn a_job_round_trips_through_s3_byte_identical() {
     ok(ferry(&["init", "--manifest", &url]));
     let mut pod = snapshot(&base);
     pod.retain(|(p, _, _)| p != "files/002"); // the output's directory, ready for the job
-    assert_eq!(pod, snapshot(&away), "init recreates the head's tree exactly");
+    assert_eq!(
+        pod,
+        snapshot(&away),
+        "init recreates the head's tree exactly"
+    );
     assert!(base.join("files/002").is_dir());
-    assert_eq!(fs::read_link(base.join("jobs/000/42/outside-link")).unwrap(), Path::new("/etc/passwd"));
+    assert_eq!(
+        fs::read_link(base.join("jobs/000/42/outside-link")).unwrap(),
+        Path::new("/etc/passwd")
+    );
 
     let sidecar = std::thread::spawn({
         let url = url.clone();
-        move || ferry(&["sidecar", "--manifest", &url, "--quiet-ms", "300", "--timeout", "60"])
+        move || {
+            ferry(&[
+                "sidecar",
+                "--manifest",
+                &url,
+                "--quiet-ms",
+                "300",
+                "--timeout",
+                "60",
+            ])
+        }
     });
     std::thread::sleep(std::time::Duration::from_millis(300));
     run_job(&base);
     ok(sidecar.join().unwrap());
-    let done: serde_json::Value = serde_json::from_slice(&get(&bucket, "ferry/jobs/42/done.json").await.unwrap()).unwrap();
+    let done: serde_json::Value =
+        serde_json::from_slice(&get(&bucket, "ferry/jobs/42/done.json").await.unwrap()).unwrap();
     assert_eq!(done["exit_code"], 0);
     assert_eq!(done["reason"], "exited");
-    assert_eq!(done["deleted"], serde_json::json!(["configs/to_be_deleted.txt"]));
+    assert_eq!(
+        done["deleted"],
+        serde_json::json!(["configs/to_be_deleted.txt"])
+    );
     let pod = snapshot(&base);
 
     // Back on the head node.
@@ -133,14 +172,34 @@ async fn restaging_the_same_inputs_moves_no_dataset_bytes() {
     ok(ferry(&a1.iter().map(String::as_str).collect::<Vec<_>>()));
     let key = format!("p/data{}/d/in/x.dat", base.to_str().unwrap());
     let c = client().await;
-    let before = c.head_object().bucket(&bucket).key(&key).send().await.unwrap();
+    let before = c
+        .head_object()
+        .bucket(&bucket)
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let a2 = args("2");
     let out = ferry(&a2.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("datasets: 0 uploaded, 1 already in S3"), "{}", stderr(&out));
-    let after = c.head_object().bucket(&bucket).key(&key).send().await.unwrap();
-    assert_eq!(before.last_modified(), after.last_modified(), "the input object was not rewritten");
+    assert!(
+        stderr(&out).contains("datasets: 0 uploaded, 1 already in S3"),
+        "{}",
+        stderr(&out)
+    );
+    let after = c
+        .head_object()
+        .bucket(&bucket)
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        before.last_modified(),
+        after.last_modified(),
+        "the input object was not rewritten"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -153,9 +212,19 @@ async fn a_directory_input_and_output_round_trip_with_their_trees() {
     write(&base.join("d/in/ref/b/2.txt"), b"two");
     let b = base.to_str().unwrap();
     let url = ok(ferry(&[
-        "stage", "--url", &format!("s3://{bucket}/p"), "--job-id", "7", "--workdir", &format!("{b}/w/job"),
-        "--input", &format!("{b}/d/in/ref"), "--output", &format!("{b}/d/out/result"),
-        "--exit-code-file", &format!("{b}/w/job/exit.code"),
+        "stage",
+        "--url",
+        &format!("s3://{bucket}/p"),
+        "--job-id",
+        "7",
+        "--workdir",
+        &format!("{b}/w/job"),
+        "--input",
+        &format!("{b}/d/in/ref"),
+        "--output",
+        &format!("{b}/d/out/result"),
+        "--exit-code-file",
+        &format!("{b}/w/job/exit.code"),
     ]));
     let away = tmp.path().join("away");
     fs::rename(&base, &away).unwrap();
@@ -170,5 +239,8 @@ async fn a_directory_input_and_output_round_trip_with_their_trees() {
     fs::rename(&away, &base).unwrap();
     ok(ferry(&["collect", "--manifest", &url]));
     assert_eq!(snapshot(&base.join("d/out")), pod);
-    assert_eq!(fs::read_to_string(base.join("w/job/exit.code")).unwrap(), "7\n");
+    assert_eq!(
+        fs::read_to_string(base.join("w/job/exit.code")).unwrap(),
+        "7\n"
+    );
 }
