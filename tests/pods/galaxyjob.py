@@ -33,12 +33,14 @@ def make_job(job_dir, job_id, tool_command):
 
 
 def run(s3, base, job_id, tool_command, inputs=(), outputs=(), sidecar="shared-pid", before_play=None,
-        extra_inject=(), pod_changes=None):
+        extra_inject=(), pod_changes=None, before_stage=None):
     """Stage → inject → podman kube play → wait → collect. Returns what a test checks."""
     base = Path(base)
     job_dir = base / "galaxy/jobs/000" / job_id
     job_dir.mkdir(parents=True)
     job = make_job(job_dir, job_id, tool_command)
+    if before_stage:
+        before_stage(job_dir)
     bucket = s3.new_bucket(f"gxy{job_id}")
     stage = ["stage", "--url", f"s3://{bucket}/ferry", "--job-id", job_id, "--workdir", job_dir]
     for i in inputs:
