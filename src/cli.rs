@@ -214,4 +214,8 @@ pub struct CollectArgs {
     /// Wait up to SECS for done.json before declaring the job failed.
     #[arg(long, default_value = "0", value_name = "SECS")]
     pub wait: u64,
+    /// Instead of downloading outputs, make each a symlink to MOUNT/<key>: a read-only mount of
+    /// the bucket on the head node (e.g. mountpoint-s3) shows every object at a predictable path.
+    #[arg(long, value_name = "MOUNT")]
+    pub link_outputs_under: Option<PathBuf>,
 }

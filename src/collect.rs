@@ -7,15 +7,15 @@ use crate::done::Done;
 use crate::error::{Error, Result};
 use crate::init::plan_tree;
 use crate::job::Job;
-use crate::manifest::{Kind, check_rel};
+use crate::manifest::{Dataset, Kind, check_rel};
 use crate::transfer::{self, Download, write_atomic};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The exit code written when no `done.json` arrived.
 pub const NO_DONE_EXIT_CODE: i32 = 1;
 
-pub async fn run(job: &Job, wait: Duration, cfg: Transfer) -> Result<Done> {
+pub async fn run(job: &Job, wait: Duration, link_under: Option<&Path>, cfg: Transfer) -> Result<Done> {
     let started = Instant::now();
     let m = &job.manifest;
     let ec = job.exit_code_file();
@@ -48,6 +48,10 @@ pub async fn run(job: &Job, wait: Duration, cfg: Transfer) -> Result<Done> {
     )?;
     for o in &done.outputs {
         let dest = job.local(&o.path);
+        if let Some(mount) = link_under {
+            link_output(mount, o, &dest)?;
+            continue;
+        }
         match o.kind {
             Kind::File => downloads.push(Download {
                 key: o.key.clone(),
@@ -99,6 +103,27 @@ pub async fn run(job: &Job, wait: Duration, cfg: Transfer) -> Result<Done> {
         });
     }
     Ok(done)
+}
+
+/// Replaces an output with a symlink to where a read-only mount of the bucket shows its object,
+/// after checking that the mount shows it with the recorded size.
+fn link_output(mount: &Path, o: &Dataset, dest: &Path) -> Result<()> {
+    let target = mount.join(&o.key);
+    let meta = std::fs::metadata(&target).map_err(|e| Error::io(&target, "find the output in the S3 mount", e))?;
+    if o.kind == Kind::File && meta.len() != o.size {
+        return Err(Error::Checksum {
+            what: format!("size of {} in the S3 mount", target.display()),
+            expected: o.size.to_string(),
+            actual: meta.len().to_string(),
+        });
+    }
+    if let Some(parent) = dest.parent() {
+        transfer::create_dirs(parent)?;
+    }
+    if std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir() && !m.file_type().is_symlink()) {
+        std::fs::remove_dir_all(dest).map_err(|e| Error::io(dest, "replace with a symlink", e))?;
+    }
+    transfer::place_symlink(dest, &target.to_string_lossy())
 }
 
 async fn wait_for_done(job: &Job, wait: Duration) -> Result<Option<Done>> {

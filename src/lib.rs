@@ -113,7 +113,8 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         }
         Command::Collect(a) => {
             let job = job::Job::load(&a.manifest.manifest, a.root).await?;
-            interruptible(collect::run(&job, Duration::from_secs(a.wait), cfg))
+            let wait = Duration::from_secs(a.wait);
+            interruptible(collect::run(&job, wait, a.link_outputs_under.as_deref(), cfg))
                 .await
                 .map(|_| done)
         }

@@ -244,3 +244,32 @@ async fn a_directory_input_and_output_round_trip_with_their_trees() {
         "7\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn collect_can_link_outputs_into_an_s3_mount_instead_of_downloading() {
+    let bucket = bucket("link").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("h");
+    write(&base.join("w/job/run.sh"), b"x");
+    let b = base.to_str().unwrap();
+    let out = format!("{b}/d/out.dat");
+    let url = ok(ferry(&[
+        "stage", "--url", &format!("s3://{bucket}/p"), "--job-id", "3", "--workdir", &format!("{b}/w/job"),
+        "--output", &out, "--mount-root", &format!("{b}/w"), "--mount-root", &format!("{b}/d"),
+    ]));
+    let away = tmp.path().join("away");
+    fs::rename(&base, &away).unwrap();
+    ok(ferry(&["init", "--manifest", &url]));
+    write(Path::new(&out), b"result");
+    write(&base.join("w/job/galaxy_3.ec"), b"0\n");
+    ok(ferry(&["sidecar", "--manifest", &url, "--quiet-ms", "100"]));
+    fs::remove_dir_all(&base).unwrap();
+    fs::rename(&away, &base).unwrap();
+    // What a read-only mount of the bucket (mountpoint-s3, s3fs) shows: every object at MOUNT/<key>.
+    let mount = tmp.path().join("mnt");
+    let key = format!("p/data{out}");
+    write(&mount.join(&key), &get(&bucket, &key).await.unwrap());
+    ok(ferry(&["collect", "--manifest", &url, "--link-outputs-under", mount.to_str().unwrap()]));
+    assert_eq!(fs::read_link(&out).unwrap(), mount.join(&key));
+    assert_eq!(fs::read(&out).unwrap(), b"result");
+}

@@ -1,0 +1,171 @@
+"""One Galaxy job through ferry's runner, as a Galaxy job handler would drive it, without a cluster.
+
+``GalaxyJob.submit()`` runs the runner's real ``queue_job`` (Galaxy's job script, then ``ferry stage``
+and ``ferry inject`` on the Job spec); the Job it POSTs is captured by ``FakeKubernetesApi``.
+``GalaxyJob.run_pod()`` turns that Job into the Pod the Job controller would create and runs it with
+``podman kube play`` against the S3 server. ``GalaxyJob.complete()`` gives the Job and Pod status to
+the runner's real ``check_watched_item`` (Galaxy's decision: finished or failed, OOM or not), then
+runs the work queue like Galaxy's worker threads (``finish_job`` / ``fail_job`` / cleanup).
+"""
+
+import queue
+import random
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+import galaxy_stubs
+import kube
+import podlib
+from ferry_galaxy.runner import FerryKubernetesJobRunner
+
+
+@dataclass
+class PodRun:
+    play_rc: int
+    exit_codes: dict = field(default_factory=dict)
+    logs: dict = field(default_factory=dict)
+    pod: dict = None  # the Pod with the status the kubelet would report
+
+
+class GalaxyJob:
+    """A job with one input dataset (file, metadata file, extra-files directory) and one output."""
+
+    def __init__(self, s3, base, outputs_to_working_directory=True, tool_version="1.0", runner_params=None,
+                 **destination_params):
+        base = Path(base)
+        self.extra_runner_params = runner_params or {}
+        self.base = base
+        self.s3 = s3
+        self.id = random.randrange(10**6, 10**7)  # podman names volumes after the job id: keep them unique
+        self.job_dir = base / "galaxy/jobs/000" / str(self.id)
+        files = base / "galaxy/files/000"
+        files.mkdir(parents=True)
+        self.input = files / "dataset_1.dat"
+        self.input.write_text("acgt\nttga\n")
+        self.input_metadata = base / "galaxy/files/_metadata_files/000/metadata_1.dat"
+        self.input_metadata.parent.mkdir(parents=True)
+        self.input_metadata.write_text("lines=2\n")
+        self.input_extra = files / "dataset_1_files"
+        self.input_extra.mkdir()
+        (self.input_extra / "index.txt").write_text("extra\n")
+        self.tool_dir = base / "galaxy/tools/ferry_test"
+        self.tool_dir.mkdir(parents=True)
+        (self.tool_dir / "upper.sh").write_text('tr a-z A-Z < "$1" > "$2"\n')
+        self.output_dataset = galaxy_stubs.output_dataset_path(
+            2, files / "dataset_2.dat", self.job_dir, outputs_to_working_directory)
+        # Where the job writes its output and where Galaxy reads it after the job.
+        self.output = Path(str(self.output_dataset))
+
+        job = galaxy_stubs.new_job(self.id)
+        self.app = galaxy_stubs.make_app(job, outputs_to_working_directory=outputs_to_working_directory)
+        self.tool = galaxy_stubs.Tool(self.app, podlib.TOOL_IMAGE, version=tool_version, tool_dir=self.tool_dir)
+        self.destination = galaxy_stubs.k8s_destination(**destination_params)
+        self.job_io = galaxy_stubs.JobIO(
+            inputs=[self.input, self.input_metadata, self.input_extra], outputs=[self.output_dataset])
+        self.bucket = session_bucket(s3)
+        self.prefix = f"galaxy-{self.id}"
+        self.kubeconfig = base / "kubeconfig"
+        self.kubeconfig.write_text(galaxy_stubs.KUBECONFIG)
+        self.api = kube.FakeKubernetesApi()
+        self.runner = self.new_runner()
+        self.wrapper = None
+        self.ajs = None
+
+    def new_runner(self):
+        runner = FerryKubernetesJobRunner(
+            self.app, 1,
+            k8s_config_path=str(self.kubeconfig),
+            ferry_url=f"s3://{self.bucket}/{self.prefix}",
+            ferry_binary=str(podlib.FERRY),
+            ferry_image=podlib.FERRY_IMAGE,
+            ferry_sidecar="shared-pid",  # podman has no native sidecars
+            ferry_env=self.s3.env(),
+            ferry_collect_wait=20,
+            **self.extra_runner_params,
+        )
+        runner.work_queue = queue.Queue()  # what start() creates, without worker threads
+        runner._pykube_api.session.mount(galaxy_stubs.KUBE_SERVER, self.api)
+        return runner
+
+    def command(self, template):
+        return template.format(input=self.input, metadata=self.input_metadata, extra=self.input_extra,
+                               output=self.output, tool_dir=self.tool_dir)
+
+    def queue(self, tool_command):
+        """Galaxy's handler hands the job to the runner (queue_job)."""
+        self.wrapper = galaxy_stubs.JobWrapper(
+            self.app.model.context.job, self.app, self.tool, self.destination, self.job_dir,
+            self.command(tool_command), job_io=self.job_io)
+        self.runner.queue_job(self.wrapper)
+
+    def submit(self, tool_command):
+        """queue(), which must create a Job; returns the Job as the runner POSTed it."""
+        created = len(self.api.created)
+        self.queue(tool_command)
+        assert not self.wrapper.outcomes, f"Galaxy ended the job at submission: {self.wrapper.outcomes}"
+        self.ajs = self.runner.monitor_queue.get_nowait()
+        assert len(self.api.created) == created + 1, self.api.created
+        return self.api.created[-1]
+
+    def restart_galaxy(self):
+        """A new runner, as after a Galaxy restart: it recovers the running job (recover())."""
+        self.runner = self.new_runner()
+        self.wrapper.get_job().state = "running"
+        self.runner.recover(self.wrapper.get_job(), self.wrapper)
+        self.ajs = self.runner.monitor_queue.get_nowait()
+
+    def run_pod(self, timeout=60):
+        """The Job's pod, run to its end by podman; always removed."""
+        name = f"gxy-{self.id}-{uuid.uuid4().hex[:6]}"
+        pod = podlib.for_podman(podlib.pod_from_job(self.api.created[-1], name))
+        pod_yaml = self.base / f"{name}.yaml"
+        pod_yaml.write_text(yaml.safe_dump(pod))
+        p = podlib.Pod(pod_yaml)
+        run = PodRun(play_rc=0)
+        try:
+            run.play_rc = p.start()
+            assert run.play_rc == 0, p.play.stderr
+            run.exit_codes = p.wait(timeout=timeout)
+            for c in p.init_names + p.names:
+                run.logs[c] = p.logs(c)
+            run.pod = kube.pod_status(pod, name)
+        finally:
+            p.down()
+        self.api.job_ended(self.ajs.job_id, run.pod)
+        return run
+
+    def complete(self):
+        """Galaxy's monitor sees the Job ended; its worker threads finish or fail the job."""
+        assert self.runner.check_watched_item(self.ajs) is None, "Galaxy still watches the job"
+        drain(self.runner)
+        assert len(self.wrapper.outcomes) == 1, self.wrapper.outcomes
+        return self.wrapper.outcomes[0]
+
+    def oom_detected(self):
+        """Galaxy's own OOM check (reads containerStatuses[0] of the job's pod)."""
+        assert self.ajs.job_id in self.api.pods, "no pod to check: it ran and has not been cleaned up yet"
+        return self.runner._KubernetesJobRunner__job_failed_due_to_low_memory(self.ajs)
+
+
+_BUCKETS = {}
+
+
+def session_bucket(s3):
+    """One bucket for all runner tests, a prefix per job: SeaweedFS gives each bucket volumes of its own
+    and runs out of them after a few dozen buckets."""
+    if s3.endpoint not in _BUCKETS:
+        _BUCKETS[s3.endpoint] = s3.new_bucket("gxyrunner")
+    return _BUCKETS[s3.endpoint]
+
+
+def drain(runner):
+    """Runs queued runner methods in order, as Galaxy's worker threads do (run_next)."""
+    while True:
+        try:
+            method, arg = runner.work_queue.get_nowait()
+        except queue.Empty:
+            return
+        method(arg)
