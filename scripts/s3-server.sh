@@ -37,7 +37,7 @@ PY
     -webdav=false -admin.ui=false -s3.port="$s3" -s3.port.iceberg=0 -s3.port.lance=0
     -master.port="$master" -master.port.grpc="$mgrpc" -volume.port="$volume" -volume.port.grpc="$vgrpc"
     -filer.port="$filer" -filer.port.grpc="$fgrpc" -admin.port="$admin" -admin.port.grpc="$agrpc"
-    -debug.port="$debug")
+    -debug.port="$debug" -volume.max=2000)
   export AWS_ACCESS_KEY_ID=testkey AWS_SECRET_ACCESS_KEY=testsecret
   if [ "$cmd" = run ]; then
     exec "$weed" "${args[@]}" >"$state/weed.log" 2>&1
