@@ -15,7 +15,12 @@ use std::time::{Duration, Instant};
 /// The exit code written when no `done.json` arrived.
 pub const NO_DONE_EXIT_CODE: i32 = 1;
 
-pub async fn run(job: &Job, wait: Duration, link_under: Option<&Path>, cfg: Transfer) -> Result<Done> {
+pub async fn run(
+    job: &Job,
+    wait: Duration,
+    link_under: Option<&Path>,
+    cfg: Transfer,
+) -> Result<Done> {
     let started = Instant::now();
     let m = &job.manifest;
     let ec = job.exit_code_file();
@@ -109,7 +114,8 @@ pub async fn run(job: &Job, wait: Duration, link_under: Option<&Path>, cfg: Tran
 /// after checking that the mount shows it with the recorded size.
 fn link_output(mount: &Path, o: &Dataset, dest: &Path) -> Result<()> {
     let target = mount.join(&o.key);
-    let meta = std::fs::metadata(&target).map_err(|e| Error::io(&target, "find the output in the S3 mount", e))?;
+    let meta = std::fs::metadata(&target)
+        .map_err(|e| Error::io(&target, "find the output in the S3 mount", e))?;
     if o.kind == Kind::File && meta.len() != o.size {
         return Err(Error::Checksum {
             what: format!("size of {} in the S3 mount", target.display()),

@@ -253,18 +253,17 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
             }
         }
     }
-    if opts.wrap {
-        if let Some(r) = manifest
+    if opts.wrap
+        && let Some(r) = manifest
             .roots
             .iter()
             .find(|r| is_within(&r.path, BIN_DIR) || is_within(BIN_DIR, &r.path))
-        {
-            return Err(Error::Yaml(format!(
-                "--wrap mounts ferry at {BIN_DIR}, which overlaps the staged root {}; \
-                 stage the job with other mount roots",
-                r.path
-            )));
-        }
+    {
+        return Err(Error::Yaml(format!(
+            "--wrap mounts ferry at {BIN_DIR}, which overlaps the staged root {}; \
+             stage the job with other mount roots",
+            r.path
+        )));
     }
     let user = run_as(spec, &tools[0]);
 
@@ -1547,6 +1546,22 @@ spec:
             e.contains("container `sort`") && e.contains("/ferry-bin/"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn wrap_refuses_a_staged_root_that_overlaps_ferry_bin() {
+        for root in ["/ferry-bin", "/ferry-bin/data"] {
+            let mut m = sample();
+            m.roots[1].path = root.into();
+            let e = inject(GENERIC, &m, &wrapping(&[])).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("overlaps the staged root {root}")),
+                "{e}"
+            );
+        }
+        let mut m = sample();
+        m.roots[1].path = "/ferry-binaries".into();
+        assert!(inject(GENERIC, &m, &wrapping(&[])).is_ok());
     }
 
     #[test]

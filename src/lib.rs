@@ -114,9 +114,14 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Collect(a) => {
             let job = job::Job::load(&a.manifest.manifest, a.root).await?;
             let wait = Duration::from_secs(a.wait);
-            interruptible(collect::run(&job, wait, a.link_outputs_under.as_deref(), cfg))
-                .await
-                .map(|_| done)
+            interruptible(collect::run(
+                &job,
+                wait,
+                a.link_outputs_under.as_deref(),
+                cfg,
+            ))
+            .await
+            .map(|_| done)
         }
         Command::Inject(a) => inject::run(&a).await.map(print),
         Command::Status(a) => match job::Job::load(&a.manifest, None).await {
