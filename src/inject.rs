@@ -119,7 +119,65 @@ fn read_input(file: &str) -> Result<String> {
 pub fn inject(input: &str, manifest: &Manifest, opts: &Options) -> Result<String> {
     let mut doc = parse(input)?;
     inject_value(&mut doc, manifest, opts)?;
-    serde_yaml_ng::to_string(&doc).map_err(|e| Error::Yaml(format!("cannot write the result: {e}")))
+    to_yaml_1_1_safe(doc)
+}
+
+/// True for a string a YAML 1.1 reader (kubectl's go-yaml v2, PyYAML) would not read back as a
+/// string when written plain: booleans such as `yes`/`on`, dates, sexagesimal and octal numbers.
+/// serde_yaml_ng writes YAML 1.2 and quotes only the 1.2 ambiguities.
+fn ambiguous_in_yaml_1_1(s: &str) -> bool {
+    const WORDS: [&str; 22] = [
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+        "OFF", "true", "True", "TRUE", "false", "False", "FALSE",
+    ];
+    let b = s.as_bytes();
+    let digits_and =
+        |extra: &[u8]| !b.is_empty() && b.iter().all(|c| c.is_ascii_digit() || extra.contains(c));
+    WORDS.contains(&s)
+        || (b.len() >= 8
+            && b[..4].iter().all(u8::is_ascii_digit)
+            && b[4] == b'-'
+            && b[1..].contains(&b'-'))
+        || (digits_and(b":._") && s.contains(':'))
+        || (b.len() > 1 && b[0] == b'0' && digits_and(b"_"))
+}
+
+/// YAML that YAML 1.1 readers read back the same: ambiguous strings come out single-quoted.
+fn to_yaml_1_1_safe(mut doc: Value) -> Result<String> {
+    let mut quoted = Vec::new();
+    mark_ambiguous(&mut doc, &mut quoted);
+    let mut out = serde_yaml_ng::to_string(&doc)
+        .map_err(|e| Error::Yaml(format!("cannot write the result: {e}")))?;
+    for (i, original) in quoted.iter().enumerate().rev() {
+        out = out.replace(
+            &placeholder(i),
+            &format!("'{}'", original.replace('\'', "''")),
+        );
+    }
+    Ok(out)
+}
+
+fn placeholder(i: usize) -> String {
+    format!("ferry-quoted-placeholder-{i}-x")
+}
+
+fn mark_ambiguous(v: &mut Value, quoted: &mut Vec<String>) {
+    match v {
+        Value::String(s) if ambiguous_in_yaml_1_1(s) => {
+            quoted.push(std::mem::replace(s, placeholder(quoted.len())));
+        }
+        Value::Sequence(items) => items.iter_mut().for_each(|i| mark_ambiguous(i, quoted)),
+        Value::Mapping(m) => {
+            let entries: Vec<(Value, Value)> = std::mem::take(m).into_iter().collect();
+            for (mut k, mut val) in entries {
+                mark_ambiguous(&mut k, quoted);
+                mark_ambiguous(&mut val, quoted);
+                m.insert(k, val);
+            }
+        }
+        Value::Tagged(t) => mark_ambiguous(&mut t.value, quoted),
+        _ => {}
+    }
 }
 
 fn parse(input: &str) -> Result<Value> {
@@ -786,6 +844,34 @@ fn fix_octal_modes(v: &mut Value) {
         }
         Value::Sequence(s) => s.iter_mut().for_each(fix_octal_modes),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod yaml_1_1_tests {
+    use super::*;
+
+    #[test]
+    fn strings_a_yaml_1_1_reader_would_misread_come_out_quoted() {
+        let doc: Value = serde_yaml_ng::from_str(
+            "a: 'yes'\nb: 'on'\nc: '2024-01-01'\nd: '017'\ne: '1:20'\n'no': keep\nf: plain\ng: 'N'\n",
+        )
+        .unwrap();
+        let out = to_yaml_1_1_safe(doc.clone()).unwrap();
+        for q in [
+            "'yes'",
+            "'on'",
+            "'2024-01-01'",
+            "'017'",
+            "'1:20'",
+            "'no': keep",
+            "f: plain",
+            "'N'",
+        ] {
+            assert!(out.contains(q), "{q} missing from:\n{out}");
+        }
+        let back: Value = serde_yaml_ng::from_str(&out).unwrap();
+        assert_eq!(back, doc);
     }
 }
 

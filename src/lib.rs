@@ -90,7 +90,14 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
                 code: (code & 0xff) as u8,
             })
         }
-        Command::Stage(a) => interruptible(stage::run(&a, cfg)).await.map(print),
+        Command::Stage(a) => {
+            let store = std::sync::Arc::new(store::Store::connect(&a.url.bucket).await?);
+            let r = interruptible(stage::run(&a, &store, cfg)).await;
+            if matches!(r, Err(Error::Interrupted(_))) {
+                store.abort_after_interrupt().await;
+            }
+            r.map(print)
+        }
         Command::Init(a) => {
             if let Some(dir) = &a.install_self {
                 init::install_self(dir)?;
@@ -107,7 +114,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
             };
             let r = sidecar::run(&job, &wait, cfg).await;
             if matches!(r, Err(Error::Interrupted(_))) {
-                job.store.abort_open_uploads().await;
+                job.store.abort_after_interrupt().await;
             }
             r.map(|_| done)
         }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-pub async fn run(a: &StageArgs, cfg: Transfer) -> Result<String> {
+pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<String> {
     let started = Instant::now();
     manifest::check_job_id(&a.job_id).map_err(Error::Config)?;
     let prefix = a.url.key.clone();
@@ -118,7 +118,6 @@ pub async fn run(a: &StageArgs, cfg: Transfer) -> Result<String> {
         ))
     })?;
 
-    let store = Arc::new(Store::connect(&a.url.bucket).await?);
     let workdir_files: Vec<Upload> = m
         .workdir
         .entries
@@ -132,7 +131,7 @@ pub async fn run(a: &StageArgs, cfg: Transfer) -> Result<String> {
             )
         })
         .collect();
-    let w = transfer::upload_all(&store, workdir_files, cfg, false, "stage workdir").await?;
+    let w = transfer::upload_all(store, workdir_files, cfg, false, "stage workdir").await?;
     let d = transfer::upload_all(
         &store,
         dataset_uploads(m.inputs.iter().chain(&m.indices)),

@@ -91,8 +91,16 @@ impl Store {
             .timeout_config(timeouts)
             .load()
             .await;
+        // The standard retry's shared token bucket allows ~50 retries per process: at 16
+        // transfers at once a 3-second outage used it up. Each request keeps its own attempt
+        // budget (FERRY_S3_MAX_ATTEMPTS) and backoff instead.
+        use aws_sdk_s3::config::retry::{RetryPartition, TokenBucket};
+        let partition = RetryPartition::custom("ferry")
+            .token_bucket(TokenBucket::unlimited())
+            .build();
         let conf = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(bool_env(env::S3_FORCE_PATH_STYLE))
+            .retry_partition(partition)
             .build();
         Ok(Store {
             client: Client::from_conf(conf),
@@ -123,7 +131,14 @@ impl Store {
     {
         let status = e.raw_response().map(|r| r.status().as_u16());
         let code = e.code().unwrap_or_default().to_string();
-        let message = DisplayErrorContext(&e).to_string();
+        // A service error says it in its code and message; anything else (network, timeout)
+        // needs the whole error chain.
+        let message = match (e.code(), status) {
+            (Some(c), Some(st)) => {
+                format!("{c}: {} (HTTP {st})", e.message().unwrap_or("no message"))
+            }
+            _ => DisplayErrorContext(&e).to_string(),
+        };
         let (bucket, key) = (self.bucket.clone(), key.to_string());
         if status == Some(404) || matches!(code.as_str(), "NoSuchKey" | "NotFound" | "NoSuchBucket")
         {
@@ -376,8 +391,25 @@ impl Store {
         self.open_uploads.lock().expect("lock").remove(key);
     }
 
-    /// Aborts every multipart upload still open (called when interrupted), best effort.
-    pub async fn abort_open_uploads(&self) {
+    /// Aborts every multipart upload still open (called when interrupted), best effort, for at
+    /// most 10 s; a further SIGTERM/SIGINT ends it at once (the next run aborts what is left).
+    pub async fn abort_after_interrupt(&self) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = self.abort_open_uploads() => {}
+            _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("gave up aborting multipart uploads after 10 s"),
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+
+    async fn abort_open_uploads(&self) {
         let open: Vec<(String, String)> = self.open_uploads.lock().expect("lock").drain().collect();
         for (key, id) in open {
             self.abort_multipart(&key, &id).await;
