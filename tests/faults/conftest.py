@@ -11,6 +11,4 @@ import podlib  # noqa: E402
 
 @pytest.fixture(scope="session")
 def s3():
-    server = podlib.S3()
-    yield server
-    server.stop()
+    return podlib.shared_s3()

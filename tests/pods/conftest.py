@@ -10,9 +10,7 @@ import podlib  # noqa: E402
 
 @pytest.fixture(scope="session")
 def s3():
-    server = podlib.S3()
-    yield server
-    server.stop()
+    return podlib.shared_s3()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -22,7 +22,7 @@ class S3:
         self.state = None
         self.endpoint = os.environ.get("FERRY_TEST_S3_ENDPOINT")
         if not self.endpoint:
-            self.state = Path(state_dir or REPO / "target/test-s3" / f"py-{os.getpid()}")
+            self.state = Path(state_dir or REPO / "target/test-s3" / f"py-{os.getpid()}-{uuid.uuid4().hex[:6]}")
             out = subprocess.run([REPO / "scripts/s3-server.sh", "start", self.state],
                                  check=True, capture_output=True, text=True)
             self.endpoint = out.stdout.strip()
@@ -63,6 +63,20 @@ class S3:
 
     def get_json(self, bucket, key):
         return json.loads(self.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+_shared = None
+
+
+def shared_s3():
+    """One server for every suite of a pytest run, stopped when the run ends."""
+    global _shared
+    if _shared is None:
+        import atexit
+
+        _shared = S3()
+        atexit.register(_shared.stop)
+    return _shared
 
 
 def ferry(s3, *args, check=True, stdin=None):
