@@ -1,6 +1,6 @@
 //! Command-line types (clap only). Flags win over `FERRY_*` variables, which win over defaults.
 
-use crate::config::{Concurrency, PartSize, S3Url};
+use crate::config::{ByteSize, Concurrency, PartSize, S3Url};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -128,6 +128,12 @@ pub struct InjectArgs {
         allow_hyphen_values = true
     )]
     pub entrypoint: Vec<String>,
+    /// Node-local reference cache, `hostpath:PATH` (PATH absolute, e.g. hostpath:/var/cache/ferry):
+    /// a hostPath volume (DirectoryOrCreate) mounted read-write at PATH in ferry's containers and
+    /// read-only at PATH in the tool containers, with FERRY_CACHE_DIR=PATH. The only feature that
+    /// needs a hostPath volume, which the `restricted` Pod Security profile does not allow.
+    #[arg(long, value_name = "hostpath:PATH")]
+    pub cache: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -176,6 +182,15 @@ pub struct InitArgs {
     /// Also copy this ferry binary to DIR/ferry (mode 0555) first, for `inject --wrap`.
     #[arg(long, value_name = "DIR")]
     pub install_self: Option<PathBuf>,
+    /// Node-local reference cache (off by default): index files are kept once per node in
+    /// DIR/objects, keyed by checksum and size, and placed as symlinks into it, so DIR must be
+    /// mounted at the same path (read-only) in the tool containers (`inject --cache`).
+    #[arg(long, env = "FERRY_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// With --cache-dir: after placing, evict the least recently used entries not pinned by a
+    /// running job until the cache holds at most this much (e.g. 50GiB). Default: no limit.
+    #[arg(long, env = "FERRY_CACHE_MAX_BYTES", value_name = "BYTES")]
+    pub cache_max_bytes: Option<ByteSize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

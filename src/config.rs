@@ -88,24 +88,43 @@ impl FromStr for PartSize {
 
     /// Bytes, or with a unit: `8MiB`, `16M`, `1GiB`.
     fn from_str(s: &str) -> Result<Self, String> {
-        let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let n: u64 = num.parse().map_err(|_| {
-            format!("part size `{s}` is not a number with an optional unit (e.g. 16MiB)")
-        })?;
-        let mult = match unit.trim() {
-            "" | "B" => 1,
-            "K" | "KiB" | "k" => 1 << 10,
-            "M" | "MiB" => MIB,
-            "G" | "GiB" => 1 << 30,
-            u => {
-                return Err(format!(
-                    "part size unit `{u}` is not one of B, KiB, MiB, GiB"
-                ));
-            }
-        };
-        PartSize::new(n.saturating_mul(mult))
+        PartSize::new(parse_bytes(s, "part size")?)
+    }
+}
+
+/// Bytes, or with a binary unit: `512`, `8MiB`, `16M`, `50GiB`, `1TiB`.
+fn parse_bytes(s: &str, what: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{what} `{s}` is not a number with an optional unit (e.g. 16MiB)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => MIB,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        u => {
+            return Err(format!(
+                "{what} unit `{u}` is not one of B, KiB, MiB, GiB, TiB"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{what} `{s}` is too large"))
+}
+
+/// A byte count given with an optional unit (`--cache-max-bytes 50GiB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_bytes(s, "size").map(ByteSize)
     }
 }
 
@@ -180,6 +199,15 @@ mod tests {
         let part = p.for_object(size);
         assert!(size.div_ceil(part) <= PartSize::MAX_PARTS);
         assert_eq!(p.for_object(10 * MIB), 5 * MIB);
+    }
+
+    #[test]
+    fn byte_sizes_take_binary_units() {
+        assert_eq!("50GiB".parse::<ByteSize>().unwrap().0, 50 << 30);
+        assert_eq!("1T".parse::<ByteSize>().unwrap().0, 1 << 40);
+        assert_eq!("1234".parse::<ByteSize>().unwrap().0, 1234);
+        assert!("5 GB".parse::<ByteSize>().is_err());
+        assert!("99999999999TiB".parse::<ByteSize>().is_err());
     }
 
     #[test]

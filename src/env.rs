@@ -10,3 +10,4 @@ pub const S3_FORCE_PATH_STYLE: &str = "FERRY_S3_FORCE_PATH_STYLE";
 pub const S3_MAX_ATTEMPTS: &str = "FERRY_S3_MAX_ATTEMPTS";
 pub const SIDECAR_MODE: &str = "FERRY_SIDECAR_MODE";
 pub const CACHE_DIR: &str = "FERRY_CACHE_DIR";
+pub const CACHE_MAX_BYTES: &str = "FERRY_CACHE_MAX_BYTES";

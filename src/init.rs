@@ -1,6 +1,8 @@
 //! `ferry init`: job pod, init container. Recreates the workdir, inputs and indices at their
-//! absolute paths, verified, with modes, symlinks and empty directories.
+//! absolute paths, verified, with modes, symlinks and empty directories. With a node-local
+//! cache (`--cache-dir`), index files are symlinks into it instead (see [`crate::cache`]).
 
+use crate::cache::{self, Cache};
 use crate::config::Transfer;
 use crate::error::{Error, Result};
 use crate::job::Job;
@@ -10,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-pub async fn run(job: &Job, cfg: Transfer) -> Result<()> {
+pub async fn run(job: &Job, cache: Option<&Cache>, cfg: Transfer) -> Result<()> {
     let started = Instant::now();
     let m = &job.manifest;
     for r in &m.roots {
@@ -30,8 +32,16 @@ pub async fn run(job: &Job, cfg: Transfer) -> Result<()> {
         &mut links,
         &mut dirs,
     )?;
-    for d in m.inputs.iter().chain(&m.indices) {
+    // Index files go through the cache when there is one; everything else downloads in place.
+    let mut index_files = Vec::new();
+    let datasets = m.inputs.iter().map(|d| (d, false));
+    for (d, is_index) in datasets.chain(m.indices.iter().map(|d| (d, true))) {
         let dest = job.local(&d.path);
+        let downloads = if is_index && cache.is_some() {
+            &mut index_files
+        } else {
+            &mut downloads
+        };
         match d.kind {
             Kind::File => downloads.push(Download {
                 key: d.key.clone(),
@@ -44,14 +54,7 @@ pub async fn run(job: &Job, cfg: Transfer) -> Result<()> {
             _ => {
                 create_dirs(&dest)?;
                 dirs.push((dest.clone(), d.mode));
-                plan_tree(
-                    &dest,
-                    &d.key,
-                    &d.files,
-                    &mut downloads,
-                    &mut links,
-                    &mut dirs,
-                )?;
+                plan_tree(&dest, &d.key, &d.files, downloads, &mut links, &mut dirs)?;
             }
         }
     }
@@ -61,6 +64,18 @@ pub async fn run(job: &Job, cfg: Transfer) -> Result<()> {
         }
     }
     tracing::info!(job = %m.job_id, "init: {} files to place, {} symlinks, into {} roots", downloads.len(), links.len(), m.roots.len());
+    // A file whose checksum gives no cache address (none recorded) downloads in place.
+    let mut cached = Vec::new();
+    for d in index_files {
+        match cache::addr(&d.crc64nvme, d.size) {
+            Some(a) => cached.push((a, d)),
+            None => downloads.push(d),
+        }
+    }
+    let cache_stats = match cache {
+        Some(c) => Some(c.place(&job.store, &m.job_id, cached, cfg).await?),
+        None => None,
+    };
     let stats = transfer::download_all(&job.store, downloads, cfg, "init download").await?;
     for (path, target) in &links {
         place_symlink(path, target)?;
@@ -79,10 +94,11 @@ pub async fn run(job: &Job, cfg: Transfer) -> Result<()> {
     }
     tracing::info!(
         job = %m.job_id,
-        "init done: {}; {} files ({:.1} MiB) already in place; {}",
+        "init done: {}; {} files ({:.1} MiB) already in place; {}{}",
         crate::progress::summary(stats.files, stats.bytes, started.elapsed()),
         stats.skipped_files,
         stats.skipped_bytes as f64 / 1048576.0,
+        cache_stats.map_or(String::new(), |c| c.line() + "; "),
         job.store.requests()
     );
     Ok(())

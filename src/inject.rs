@@ -16,6 +16,10 @@
 //! copies ferry into one more small emptyDir, mounted read-only at `/ferry-bin` in the tool
 //! containers, and each tool container's `command` + `args` becomes
 //! `/ferry-bin/ferry exec --exit-code-file <manifest's file> -- <command…> <args…>`.
+//!
+//! With `--cache hostpath:PATH` (the node-local reference cache, see [`crate::cache`]), a hostPath
+//! volume named `ferry-cache` is mounted at PATH: read-write in ferry's containers (which get
+//! `FERRY_CACHE_DIR=PATH`), read-only in the others, where the index paths are symlinks into it.
 
 use crate::cli::{InjectArgs, SidecarKind};
 use crate::config::{Concurrency, PartSize, Transfer};
@@ -45,6 +49,8 @@ pub const BIN_DIR: &str = "/ferry-bin";
 pub const BIN_FERRY: &str = "/ferry-bin/ferry";
 /// sizeLimit of the `/ferry-bin` emptyDir: the image's stripped static binary is ≈ 30 MiB.
 const BIN_SIZE_LIMIT: u64 = 64 * MIB;
+/// The hostPath volume of `--cache`.
+pub const CACHE_VOLUME: &str = "ferry-cache";
 
 const SUPPORTED: &str = "a Pod (v1), a Job (batch/v1), a PodTemplate (v1), a bare pod template \
 (`metadata` + `spec`) or a bare pod spec (`containers: …`)";
@@ -63,11 +69,14 @@ pub struct Options<'a> {
     pub wrap: bool,
     /// The tool image's ENTRYPOINT, for a container that sets only `args` (`--entrypoint`).
     pub entrypoint: &'a [String],
+    /// The node-local cache's path on the node and in every container (`--cache hostpath:PATH`).
+    pub cache: Option<&'a str>,
 }
 
 pub async fn run(args: &InjectArgs) -> Result<String> {
     let extra_env = parse_env(&args.env)?;
     let (manifest, manifest_url) = load_manifest(&args.manifest).await?;
+    let cache = args.cache.as_deref().map(parse_cache).transpose()?;
     let input = read_input(&args.file)?;
     let opts = Options {
         manifest_url: &manifest_url,
@@ -76,6 +85,7 @@ pub async fn run(args: &InjectArgs) -> Result<String> {
         extra_env: &extra_env,
         wrap: args.wrap,
         entrypoint: &args.entrypoint,
+        cache: cache.as_deref(),
     };
     inject(&input, &manifest, &opts)
 }
@@ -89,6 +99,18 @@ pub fn parse_env(pairs: &[String]) -> Result<Vec<(String, String)>> {
             _ => Err(Error::Config(format!("--env `{p}` is not NAME=VALUE"))),
         })
         .collect()
+}
+
+/// `--cache hostpath:PATH` → PATH (absolute, normalised).
+pub fn parse_cache(arg: &str) -> Result<String> {
+    let path = arg.strip_prefix("hostpath:").ok_or_else(|| {
+        Error::Config(format!(
+            "--cache `{arg}` is not hostpath:PATH (e.g. hostpath:/var/cache/ferry)"
+        ))
+    })?;
+    let path = path.trim_end_matches('/');
+    crate::manifest::check_abs(path).map_err(|r| Error::Config(format!("--cache `{arg}`: {r}")))?;
+    Ok(path.to_string())
 }
 
 /// The manifest and the `s3://` URL ferry's containers read it from.
@@ -256,7 +278,11 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
     let bin_name = bin_volume_name(&manifest.job_id);
 
     // 1. Remove what an earlier injection added.
-    let mut ours: Vec<String> = names.iter().cloned().chain([bin_name.clone()]).collect();
+    let mut ours: Vec<String> = names
+        .iter()
+        .cloned()
+        .chain([bin_name.clone(), CACHE_VOLUME.to_string()])
+        .collect();
     if let Some(vols) = spec.get_mut("volumes").and_then(Value::as_sequence_mut) {
         vols.retain(|v| {
             let name = name_of(v).unwrap_or_default();
@@ -323,6 +349,18 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
             r.path
         )));
     }
+    if let Some(cache) = opts.cache {
+        let clash = manifest.roots.iter().map(|r| r.path.as_str());
+        let clash = clash.chain(opts.wrap.then_some(BIN_DIR));
+        if let Some(p) = clash
+            .into_iter()
+            .find(|p| is_within(p, cache) || is_within(cache, p))
+        {
+            return Err(Error::Yaml(format!(
+                "--cache mounts the cache at {cache}, which overlaps {p}; choose another path"
+            )));
+        }
+    }
     let user = run_as(spec, &tools[0]);
 
     // 3. Add ours.
@@ -352,6 +390,18 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
         }
         m
     };
+    let cache_mount = |path: &str, read_only: bool| {
+        let mut m = map([("name", CACHE_VOLUME.into()), ("mountPath", path.into())]);
+        if read_only && let Some(m) = m.as_mapping_mut() {
+            m.insert("readOnly".into(), true.into());
+        }
+        m
+    };
+    if let Some(cache) = opts.cache {
+        let host = map([("path", cache.into()), ("type", "DirectoryOrCreate".into())]);
+        let volume = map([("name", CACHE_VOLUME.into()), ("hostPath", host)]);
+        seq_mut(spec, "volumes", None)?.push(volume);
+    }
     if opts.wrap {
         let limit = map([("sizeLimit", quantity(BIN_SIZE_LIMIT).into())]);
         let volume = map([("name", bin_name.as_str().into()), ("emptyDir", limit)]);
@@ -368,6 +418,9 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
                 .as_mapping_mut()
                 .ok_or_else(|| Error::Yaml(format!("an entry of `{list}` is not a mapping")))?;
             seq_mut(c, "volumeMounts", None)?.extend(mounts.iter().cloned());
+            if let Some(cache) = opts.cache {
+                seq_mut(c, "volumeMounts", None)?.push(cache_mount(cache, true));
+            }
             if opts.wrap && list == "containers" {
                 seq_mut(c, "volumeMounts", None)?.push(bin_mount(true));
                 wrap(c, &manifest.exit_code_file, opts.entrypoint)?;
@@ -376,8 +429,15 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
     }
 
     let memory = memory_limit(opts.extra_env)?;
+    let mut ferry_mounts = mounts.clone();
+    let mut extra_env = Vec::new();
+    if let Some(cache) = opts.cache {
+        ferry_mounts.push(cache_mount(cache, false));
+        extra_env.push((env::CACHE_DIR.to_string(), cache.to_string()));
+    }
+    extra_env.extend(opts.extra_env.iter().cloned());
     let ferry = |name: &str, args: &[&str], env: Vec<(String, String)>| {
-        ferry_container(name, args, env, &mounts, user, memory, opts)
+        ferry_container(name, args, env, &ferry_mounts, user, memory, opts)
     };
     let init_args: &[&str] = if opts.wrap {
         &["init", "--install-self", BIN_DIR]
@@ -387,7 +447,7 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
     let mut init = ferry(
         INIT_NAME,
         init_args,
-        ferry_env(opts.manifest_url, None, opts.extra_env),
+        ferry_env(opts.manifest_url, None, &extra_env),
     );
     if opts.wrap
         && let Some(m) = init
@@ -400,7 +460,7 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
         SidecarKind::Native => "native",
         SidecarKind::SharedPid => "shared-pid",
     };
-    let sidecar_env = ferry_env(opts.manifest_url, Some(mode), opts.extra_env);
+    let sidecar_env = ferry_env(opts.manifest_url, Some(mode), &extra_env);
     let inits = seq_mut(spec, "initContainers", Some("containers"))?;
     match opts.sidecar {
         SidecarKind::Native => {
@@ -492,7 +552,8 @@ fn is_ferry_volume(v: &Value) -> bool {
     let index = name.rsplit_once("-r").map(|(_, i)| i).unwrap_or_default();
     let root = !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit());
     let bin = name.len() > "ferry--bin".len() && name.ends_with("-bin");
-    name.starts_with("ferry-") && (root || bin) && v.get("emptyDir").is_some()
+    let cache = name == CACHE_VOLUME && v.get("hostPath").is_some();
+    cache || (name.starts_with("ferry-") && (root || bin) && v.get("emptyDir").is_some())
 }
 
 /// The `/ferry-bin` volume of `--wrap`: `ferry-<job id>-bin`, cleaned as in [`volume_names`].
@@ -890,6 +951,7 @@ mod tests {
             extra_env: NO_ENV,
             wrap: false,
             entrypoint: &[],
+            cache: None,
         }
     }
 
@@ -1018,6 +1080,74 @@ spec:
             // 3 bytes × 2 + 1 GiB, rounded up to MiB.
             assert_eq!(vols[0]["emptyDir"]["sizeLimit"].as_str(), Some("1025Mi"));
         }
+    }
+
+    #[test]
+    fn cache_adds_a_host_path_read_write_for_ferry_and_read_only_for_the_tool() {
+        let o = Options {
+            cache: Some("/var/cache/ferry"),
+            ..opts(SidecarKind::Native)
+        };
+        let once = inject(JOB, &sample(), &o).unwrap();
+        assert_eq!(once, inject(&once, &sample(), &o).unwrap());
+        let out: Value = serde_yaml_ng::from_str(&once).unwrap();
+        let s = spec(&out);
+        let vol = s["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| name_of(v) == Some(CACHE_VOLUME))
+            .unwrap();
+        assert_eq!(vol["hostPath"]["path"].as_str(), Some("/var/cache/ferry"));
+        assert_eq!(vol["hostPath"]["type"].as_str(), Some("DirectoryOrCreate"));
+        let all = s["initContainers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .chain(s["containers"].as_sequence().unwrap());
+        for c in all {
+            let name = name_of(c).unwrap();
+            let m = c["volumeMounts"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|m| name_of(m) == Some(CACHE_VOLUME))
+                .unwrap();
+            assert_eq!(m["mountPath"].as_str(), Some("/var/cache/ferry"));
+            let env = c["env"].as_sequence().into_iter().flatten();
+            let cache_env = env
+                .filter(|e| name_of(e) == Some("FERRY_CACHE_DIR"))
+                .map(|e| e["value"].as_str().unwrap())
+                .collect::<Vec<_>>();
+            if is_ferry_container(name) {
+                assert!(m.get("readOnly").is_none(), "{name}");
+                assert_eq!(cache_env, ["/var/cache/ferry"], "{name}");
+            } else {
+                assert_eq!(m["readOnly"].as_bool(), Some(true), "{name}");
+                assert!(cache_env.is_empty(), "{name}");
+            }
+        }
+        // Without --cache, a re-injection removes it all.
+        let plain = inject(&once, &sample(), &opts(SidecarKind::Native)).unwrap();
+        assert!(!plain.contains("ferry-cache"), "{plain}");
+        assert!(!plain.contains("FERRY_CACHE_DIR"), "{plain}");
+    }
+
+    #[test]
+    fn cache_must_be_an_absolute_host_path_outside_the_roots() {
+        assert_eq!(
+            parse_cache("hostpath:/var/cache/ferry/").unwrap(),
+            "/var/cache/ferry"
+        );
+        assert!(parse_cache("/var/cache/ferry").is_err());
+        assert!(parse_cache("hostpath:var/cache").is_err());
+        assert!(parse_cache("hostpath:/a/../b").is_err());
+        let o = Options {
+            cache: Some("/galaxy/files/cache"),
+            ..opts(SidecarKind::Native)
+        };
+        let e = inject(JOB, &sample(), &o).unwrap_err().to_string();
+        assert!(e.contains("overlaps /galaxy/files"), "{e}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Roles: `stage` and `collect` on the head node, `init` and `sidecar` in the job pod,
 //! `inject` for the pod YAML. See DESIGN.md for the contract and README.md for usage.
 
+pub mod cache;
 pub mod checksum;
 pub mod cli;
 pub mod collect;
@@ -103,7 +104,13 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
                 init::install_self(dir)?;
             }
             let job = job::Job::load(&a.manifest.manifest, a.root).await?;
-            interruptible(init::run(&job, cfg)).await.map(|_| done)
+            let cache = match &a.cache_dir {
+                Some(dir) => Some(cache::Cache::open(dir, a.cache_max_bytes.map(|b| b.0))?),
+                None => None,
+            };
+            interruptible(init::run(&job, cache.as_ref(), cfg))
+                .await
+                .map(|_| done)
         }
         Command::Sidecar(a) => {
             let job = interruptible(job::Job::load(&a.manifest.manifest, a.root)).await?;

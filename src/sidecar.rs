@@ -314,6 +314,10 @@ async fn upload_results(
     job.store
         .put_small(&m.done_key, record.to_json(), "application/json")
         .await?;
+    // The job no longer uses its cached indices: let eviction have them.
+    if let Some(dir) = std::env::var_os(crate::env::CACHE_DIR).filter(|d| Path::new(d).is_dir()) {
+        crate::cache::unpin(Path::new(&dir), &m.job_id);
+    }
     tracing::info!(
         job = %m.job_id,
         "sidecar done: exit={} reason={:?}; {}; wrote s3://{}/{}",

@@ -133,7 +133,7 @@ pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<Str
         .collect();
     let w = transfer::upload_all(store, workdir_files, cfg, false, "stage workdir").await?;
     let d = transfer::upload_all(
-        &store,
+        store,
         dataset_uploads(m.inputs.iter().chain(&m.indices)),
         cfg,
         true,

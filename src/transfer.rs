@@ -85,7 +85,7 @@ pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
 }
 
 /// True if `dest` already holds exactly these bytes (size, then checksum).
-fn already_in_place(dest: &Path, size: u64, crc: &str) -> bool {
+pub(crate) fn already_in_place(dest: &Path, size: u64, crc: &str) -> bool {
     match std::fs::symlink_metadata(dest) {
         Ok(m) if m.is_file() && m.len() == size => {
             checksum::of_file(dest).is_ok_and(|(_, c)| checksum::encode(c) == crc)

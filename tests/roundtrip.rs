@@ -254,8 +254,19 @@ async fn collect_can_link_outputs_into_an_s3_mount_instead_of_downloading() {
     let b = base.to_str().unwrap();
     let out = format!("{b}/d/out.dat");
     let url = ok(ferry(&[
-        "stage", "--url", &format!("s3://{bucket}/p"), "--job-id", "3", "--workdir", &format!("{b}/w/job"),
-        "--output", &out, "--mount-root", &format!("{b}/w"), "--mount-root", &format!("{b}/d"),
+        "stage",
+        "--url",
+        &format!("s3://{bucket}/p"),
+        "--job-id",
+        "3",
+        "--workdir",
+        &format!("{b}/w/job"),
+        "--output",
+        &out,
+        "--mount-root",
+        &format!("{b}/w"),
+        "--mount-root",
+        &format!("{b}/d"),
     ]));
     let away = tmp.path().join("away");
     fs::rename(&base, &away).unwrap();
@@ -269,7 +280,13 @@ async fn collect_can_link_outputs_into_an_s3_mount_instead_of_downloading() {
     let mount = tmp.path().join("mnt");
     let key = format!("p/data{out}");
     write(&mount.join(&key), &get(&bucket, &key).await.unwrap());
-    ok(ferry(&["collect", "--manifest", &url, "--link-outputs-under", mount.to_str().unwrap()]));
+    ok(ferry(&[
+        "collect",
+        "--manifest",
+        &url,
+        "--link-outputs-under",
+        mount.to_str().unwrap(),
+    ]));
     assert_eq!(fs::read_link(&out).unwrap(), mount.join(&key));
     assert_eq!(fs::read(&out).unwrap(), b"result");
 }
