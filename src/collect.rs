@@ -58,14 +58,7 @@ pub async fn run(
             continue;
         }
         match o.kind {
-            Kind::File => downloads.push(Download {
-                key: o.key.clone(),
-                dest,
-                size: o.size,
-                crc64nvme: o.crc64nvme.clone().unwrap_or_default(),
-                mode: o.mode,
-                mtime_ns: o.mtime_ns,
-            }),
+            Kind::File => downloads.push(Download::of_dataset(o, dest)),
             _ => {
                 transfer::create_dirs(&dest)?;
                 plan_tree(

@@ -43,14 +43,7 @@ pub async fn run(job: &Job, cache: Option<&Cache>, cfg: Transfer) -> Result<()> 
             &mut downloads
         };
         match d.kind {
-            Kind::File => downloads.push(Download {
-                key: d.key.clone(),
-                dest,
-                size: d.size,
-                crc64nvme: d.crc64nvme.clone().unwrap_or_default(),
-                mode: d.mode,
-                mtime_ns: d.mtime_ns,
-            }),
+            Kind::File => downloads.push(Download::of_dataset(d, dest)),
             _ => {
                 create_dirs(&dest)?;
                 dirs.push((dest.clone(), d.mode));

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::progress::{self, Progress};
 use crate::store::Store;
 use std::fs::{File, FileTimes, OpenOptions, Permissions};
+use std::future::Future;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +25,20 @@ pub struct Download {
     pub crc64nvme: String,
     pub mode: u32,
     pub mtime_ns: i64,
+}
+
+impl Download {
+    /// A file dataset (input, index, output) placed at `dest`.
+    pub fn of_dataset(d: &crate::manifest::Dataset, dest: PathBuf) -> Download {
+        Download {
+            key: d.key.clone(),
+            dest,
+            size: d.size,
+            crc64nvme: d.crc64nvme.clone().unwrap_or_default(),
+            mode: d.mode,
+            mtime_ns: d.mtime_ns,
+        }
+    }
 }
 
 /// One local file to send to `key`.
@@ -163,29 +178,55 @@ pub fn place_symlink(dest: &Path, target: &str) -> Result<()> {
 /// Downloads every item, `concurrency` files or parts at a time, big files in ranged parts.
 pub async fn download_all(
     store: &Arc<Store>,
-    mut items: Vec<Download>,
+    items: Vec<Download>,
     cfg: Transfer,
     label: &'static str,
 ) -> Result<Stats> {
-    let total: u64 = items.iter().map(|d| d.size).sum();
-    let (progress, _reporter) = Progress::start(label, items.len() as u64, total);
-    // Biggest first: their parts fill the pipe while small files queue behind them.
-    items.sort_by_key(|i| std::cmp::Reverse(i.size));
     let sem = Arc::new(Semaphore::new(cfg.concurrency.get()));
+    for_each_file(
+        items,
+        |d| d.size,
+        label,
+        "already in place",
+        |item, progress| {
+            let (store, sem) = (store.clone(), sem.clone());
+            let part = cfg.part_size.for_object(item.size);
+            async move { download_one(&store, &sem, &item, part, &progress).await }
+        },
+    )
+    .await
+}
+
+/// Runs `work` on every file, biggest first (their parts fill the pipe while small files queue
+/// behind them), with progress lines, and adds up what was moved and what was already there.
+async fn for_each_file<T, Fut>(
+    mut items: Vec<T>,
+    size: fn(&T) -> u64,
+    label: &'static str,
+    already: &str,
+    work: impl Fn(T, Arc<Progress>) -> Fut,
+) -> Result<Stats>
+where
+    Fut: Future<Output = Result<bool>> + Send + 'static,
+{
+    let total: u64 = items.iter().map(size).sum();
+    let (progress, _reporter) = Progress::start(label, items.len() as u64, total);
+    items.sort_by_key(|i| std::cmp::Reverse(size(i)));
     let mut set = JoinSet::new();
     for item in items {
-        let (store, sem, progress) = (store.clone(), sem.clone(), progress.clone());
-        let part = cfg.part_size.for_object(item.size);
+        let bytes = size(&item);
+        let moved = work(item, progress.clone());
+        let progress = progress.clone();
         set.spawn(async move {
-            let moved = download_one(&store, &sem, &item, part, &progress).await?;
+            let moved = moved.await?;
             progress.file_done();
-            Ok::<_, Error>((moved, item.size))
+            Ok::<_, Error>((moved, bytes))
         });
     }
     let stats = join_stats(&mut set).await?;
     if stats.files > 0 || stats.skipped_files > 0 {
         tracing::info!(
-            "{label}: {}; {} files already in place",
+            "{label}: {}; {} files {already}",
             progress::summary(stats.files, stats.bytes, progress.elapsed()),
             stats.skipped_files
         );
@@ -413,34 +454,24 @@ async fn fetch_range(
 /// with the same size and checksum.
 pub async fn upload_all(
     store: &Arc<Store>,
-    mut items: Vec<Upload>,
+    items: Vec<Upload>,
     cfg: Transfer,
     skip_present: bool,
     label: &'static str,
 ) -> Result<Stats> {
-    let total: u64 = items.iter().map(|u| u.size).sum();
-    let (progress, _reporter) = Progress::start(label, items.len() as u64, total);
-    items.sort_by_key(|i| std::cmp::Reverse(i.size));
     let sem = Arc::new(Semaphore::new(cfg.concurrency.get()));
-    let mut set = JoinSet::new();
-    for item in items {
-        let (store, sem, progress) = (store.clone(), sem.clone(), progress.clone());
-        let part = cfg.part_size.for_object(item.size);
-        set.spawn(async move {
-            let moved = upload_one(&store, &sem, &item, part, skip_present, &progress).await?;
-            progress.file_done();
-            Ok::<_, Error>((moved, item.size))
-        });
-    }
-    let stats = join_stats(&mut set).await?;
-    if stats.files > 0 || stats.skipped_files > 0 {
-        tracing::info!(
-            "{label}: {}; {} files already in S3",
-            progress::summary(stats.files, stats.bytes, progress.elapsed()),
-            stats.skipped_files
-        );
-    }
-    Ok(stats)
+    for_each_file(
+        items,
+        |u| u.size,
+        label,
+        "already in S3",
+        |item, progress| {
+            let (store, sem) = (store.clone(), sem.clone());
+            let part = cfg.part_size.for_object(item.size);
+            async move { upload_one(&store, &sem, &item, part, skip_present, &progress).await }
+        },
+    )
+    .await
 }
 
 async fn upload_one(
