@@ -20,3 +20,9 @@ def s3():
 def images():
     """The ferry and tool images, built from the release binary (scripts/setup.sh does this too)."""
     subprocess.run([podlib.REPO / "scripts/build-images.sh", podlib.FERRY], check=True, capture_output=True)
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_dir(tmp_path, monkeypatch):
+    """Galaxy's runner writes some files relative to the current directory: keep them out of the repo."""
+    monkeypatch.chdir(tmp_path)

@@ -27,6 +27,7 @@ def inject(*args, stdin=None):
     ("job-native.yaml", ["1.29.0", "1.33.0"]),
     ("job-shared-pid.yaml", ["1.27.0", "1.29.0", "1.33.0"]),
     ("serviceaccount-irsa.yaml", ["1.27.0", "1.33.0"]),
+    ("examples/job-readstats-native.yaml", ["1.29.0", "1.33.0"]),
 ])
 def test_shipped_manifests_are_valid_for_the_versions_we_claim(path, versions):
     for v in versions:
