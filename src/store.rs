@@ -17,6 +17,9 @@ use std::time::Duration;
 /// User metadata holding ferry's CRC64-NVME of the whole object (multipart objects included).
 pub const CRC_METADATA: &str = "ferry-crc64nvme";
 
+/// The largest manifest or done.json ferry reads (about a million files).
+pub const MAX_SMALL_OBJECT: usize = 256 << 20;
+
 /// S3 requests made, by kind. Reported in `done.json` and the summaries.
 #[derive(Debug, Default, Serialize, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -203,18 +206,37 @@ impl Store {
 
     /// GET a small object (manifest, done.json) into memory; `None` if it does not exist.
     pub async fn get_small(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        match self.get(key, None).await {
-            Ok(body) => {
-                let bytes = body.collect().await.map_err(|e| Error::S3 {
-                    op: "get",
-                    bucket: self.bucket.clone(),
-                    key: key.to_string(),
-                    message: format!("body broke: {}", DisplayErrorContext(&e)),
-                })?;
-                Ok(Some(bytes.into_bytes().to_vec()))
+        let mut body = match self.get(key, None).await {
+            Ok(body) => body,
+            Err(Error::Missing { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut bytes = Vec::new();
+        loop {
+            match body.try_next().await {
+                Ok(Some(chunk)) => {
+                    // A manifest is read whole: refuse to hold an unbounded one in memory.
+                    if bytes.len() + chunk.len() > MAX_SMALL_OBJECT {
+                        return Err(Error::manifest(
+                            format!("s3://{}/{key}", self.bucket),
+                            format!(
+                                "larger than the {} MiB ferry reads into memory; split the job into smaller ones",
+                                MAX_SMALL_OBJECT >> 20
+                            ),
+                        ));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(Some(bytes)),
+                Err(e) => {
+                    return Err(Error::S3 {
+                        op: "get",
+                        bucket: self.bucket.clone(),
+                        key: key.to_string(),
+                        message: format!("body broke: {}", DisplayErrorContext(&e)),
+                    });
+                }
             }
-            Err(Error::Missing { .. }) => Ok(None),
-            Err(e) => Err(e),
         }
     }
 

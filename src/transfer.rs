@@ -188,7 +188,8 @@ pub async fn download_all(
         |d| d.size,
         label,
         "already in place",
-        |item, progress| {
+        4 * cfg.concurrency.get(),
+        |item: Download, progress| {
             let (store, sem) = (store.clone(), sem.clone());
             let part = cfg.part_size.for_object(item.size);
             async move { download_one(&store, &sem, &item, part, &progress).await }
@@ -204,6 +205,7 @@ async fn for_each_file<T, Fut>(
     size: fn(&T) -> u64,
     label: &'static str,
     already: &str,
+    in_flight: usize,
     work: impl Fn(T, Arc<Progress>) -> Fut,
 ) -> Result<Stats>
 where
@@ -212,8 +214,14 @@ where
     let total: u64 = items.iter().map(size).sum();
     let (progress, _reporter) = Progress::start(label, items.len() as u64, total);
     items.sort_by_key(|i| std::cmp::Reverse(size(i)));
+    // Tasks are started a bounded number at a time: a future per file for 50,000 files would
+    // hold hundreds of MiB; this keeps memory ≈ concurrency × part size whatever the file count.
     let mut set = JoinSet::new();
+    let mut stats = Stats::default();
     for item in items {
+        while set.len() >= in_flight {
+            join_next(&mut set, &mut stats).await?;
+        }
         let bytes = size(&item);
         let moved = work(item, progress.clone());
         let progress = progress.clone();
@@ -223,7 +231,9 @@ where
             Ok::<_, Error>((moved, bytes))
         });
     }
-    let stats = join_stats(&mut set).await?;
+    while !set.is_empty() {
+        join_next(&mut set, &mut stats).await?;
+    }
     if stats.files > 0 || stats.skipped_files > 0 {
         tracing::info!(
             "{label}: {}; {} files {already}",
@@ -234,26 +244,27 @@ where
     Ok(stats)
 }
 
-async fn join_stats(set: &mut JoinSet<Result<(bool, u64)>>) -> Result<Stats> {
-    let mut stats = Stats::default();
-    while let Some(joined) = set.join_next().await {
-        match joined {
-            Ok(Ok((moved, bytes))) => stats.add(moved, bytes),
-            Ok(Err(e)) => {
-                set.abort_all();
-                return Err(e);
-            }
-            Err(e) => {
-                set.abort_all();
-                return Err(Error::Io {
-                    path: PathBuf::new(),
-                    what: "transfer task",
-                    source: std::io::Error::other(e.to_string()),
-                });
-            }
+/// Waits for the next task; on a failure the others are cancelled (their temp files go with them).
+async fn join_next(set: &mut JoinSet<Result<(bool, u64)>>, stats: &mut Stats) -> Result<()> {
+    match set.join_next().await {
+        None => Ok(()),
+        Some(Ok(Ok((moved, bytes)))) => {
+            stats.add(moved, bytes);
+            Ok(())
+        }
+        Some(Ok(Err(e))) => {
+            set.abort_all();
+            Err(e)
+        }
+        Some(Err(e)) => {
+            set.abort_all();
+            Err(Error::Io {
+                path: PathBuf::new(),
+                what: "transfer task",
+                source: std::io::Error::other(e.to_string()),
+            })
         }
     }
-    Ok(stats)
 }
 
 async fn download_one(
@@ -465,7 +476,8 @@ pub async fn upload_all(
         |u| u.size,
         label,
         "already in S3",
-        |item, progress| {
+        4 * cfg.concurrency.get(),
+        |item: Upload, progress| {
             let (store, sem) = (store.clone(), sem.clone());
             let part = cfg.part_size.for_object(item.size);
             async move { upload_one(&store, &sem, &item, part, skip_present, &progress).await }

@@ -254,3 +254,68 @@ fn a_bad_flag_is_a_usage_error() {
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("not an s3:// URL"), "{}", stderr(&o));
 }
+
+/// Peak RSS of a ferry run, from GNU time (installed by scripts/setup.sh).
+fn ferry_peak_rss_mib(args: &[&str]) -> (std::process::Output, u64) {
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = std::process::Command::new("/usr/bin/time");
+    cmd.args([
+        "-f",
+        "%M",
+        "-o",
+        report.path().to_str().unwrap(),
+        ferry_bin(),
+    ])
+    .args(args);
+    for (k, v) in s3_env() {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let kib: u64 = fs::read_to_string(report.path())
+        .unwrap()
+        .trim()
+        .lines()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (out, kib / 1024)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_manifest_is_refused_without_reading_it_all() {
+    let s = staged("oversized").await;
+    put(&s.bucket, "p/jobs/1/manifest.json", &vec![b' '; 300 << 20]).await;
+    let (o, rss) = ferry_peak_rss_mib(&["init", "--manifest", &s.url]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    one_line_error(&o, &["larger than the 256 MiB"]);
+    assert!(
+        rss < 400,
+        "peak RSS {rss} MiB: the body was not streamed against the cap"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_of_50000_files_is_placed_in_bounded_memory() {
+    let s = staged("huge").await;
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&get(&s.bucket, "p/jobs/1/manifest.json").await.unwrap()).unwrap();
+    // Empty files need no request, so this measures ferry's own bookkeeping per file.
+    let entries: Vec<serde_json::Value> = (0..50_000)
+        .map(|i| {
+            serde_json::json!({"path": format!("d{}/f{i}.txt", i % 100), "kind": "file", "size": 0, "mode": 420,
+                               "crc64nvme": "AAAAAAAAAAA="})
+        })
+        .collect();
+    m["workdir"]["entries"] = entries.into();
+    put(
+        &s.bucket,
+        "p/jobs/1/manifest.json",
+        m.to_string().as_bytes(),
+    )
+    .await;
+    let (o, rss) = ferry_peak_rss_mib(&["init", "--manifest", &s.url]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(s.base.join("w/job/d99/f49999.txt").exists());
+    assert!(rss < 256, "peak RSS {rss} MiB for 50,000 files");
+}
