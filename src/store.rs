@@ -34,7 +34,7 @@ impl std::fmt::Display for Requests {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "requests get={} put={} head={} multipart={} list=0",
+            "requests get={} put={} head={} multipart={}",
             self.get, self.put, self.head, self.multipart
         )
     }
