@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the local pod-test images, no registry:
 #   localhost/ferry:dev       FROM scratch + the given static ferry binary at /ferry
+#                             (FERRY_IMAGE overrides the name, so two checkouts can test side by side)
 #   localhost/ferry-tool:dev  FROM scratch + busybox-static (applets in /bin, /tmp 1777)
 # Usage: scripts/build-images.sh PATH/TO/STATIC/ferry
 # A build is skipped when the image exists with the same input hash (label ferry.input.sha256).
@@ -53,7 +54,7 @@ objcopy --strip-debug "$binary" "$ctx/ferry.tmp" && mv -f "$ctx/ferry.tmp" "$ctx
 # TLS to a real S3 endpoint needs the CA bundle (Debian's ca-certificates).
 cp -f /etc/ssl/certs/ca-certificates.crt "$ctx/ca-certificates.crt"
 hash=$(cat "$ctx/ferry" "$ctx/ca-certificates.crt" "$repo/images/ferry/Containerfile" | sha256sum | cut -d' ' -f1)
-build localhost/ferry:dev "$ctx" "$repo/images/ferry/Containerfile" "$hash"
+build "${FERRY_IMAGE:-localhost/ferry:dev}" "$ctx" "$repo/images/ferry/Containerfile" "$hash"
 
 # tool image (busybox)
 ctx=$repo/target/images/tool

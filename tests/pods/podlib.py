@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 FERRY = REPO / "target/x86_64-unknown-linux-gnu/release/ferry"
-FERRY_IMAGE = "localhost/ferry:dev"
+FERRY_IMAGE = os.environ.get("FERRY_IMAGE", "localhost/ferry:dev")
 TOOL_IMAGE = "localhost/ferry-tool:dev"
 KEY, SECRET = "testkey", "testsecret"
 
