@@ -13,7 +13,13 @@
 //! A hit is checked (size and checksum) before use; a corrupted entry is logged, removed and
 //! downloaded again. The job's index paths become symlinks to `DIR/objects/<addr>` (hard links
 //! fail across mounts with EXDEV), so DIR must be mounted at the same path in the tool containers.
-//! Every hit and fill sets the entry's mtime to now: eviction drops the least recently used first.
+//! Every hit and fill sets the mtime of the entry's lock file to now: eviction drops the least
+//! recently used first.
+//!
+//! Pods of one node run as different UIDs: the cache's folders are made mode 0777 by whoever
+//! creates them and lock files 0666, so every ferry can lock, fill, use and evict any entry
+//! (entries stay 0444, and the tool containers mount DIR read-only). Create DIR itself with
+//! mode 0777 (or let the first ferry create it) when pods run as several UIDs.
 
 use crate::config::Transfer;
 use crate::error::{Error, Result};
@@ -73,8 +79,22 @@ impl Cache {
     /// Opens (creating) the cache at `dir`, made absolute: symlinks point into it.
     pub fn open(dir: &Path, max_bytes: Option<u64>) -> Result<Cache> {
         let dir = std::path::absolute(dir).map_err(|e| Error::io(dir, "resolve", e))?;
+        create_dirs(&dir)?;
+        share(&dir, 0o777);
         for sub in ["objects", "locks", "tmp", "pins"] {
-            create_dirs(&dir.join(sub))?;
+            let path = dir.join(sub);
+            create_dirs(&path)?;
+            share(&path, 0o777);
+            nix::unistd::access(&path, nix::unistd::AccessFlags::W_OK).map_err(|e| {
+                Error::io(
+                    &path,
+                    "write to the cache",
+                    std::io::Error::other(format!(
+                        "{e}; pods of several UIDs share the cache: make {} and its folders mode 0777",
+                        dir.display()
+                    )),
+                )
+            })?;
         }
         Ok(Cache { dir, max_bytes })
     }
@@ -116,7 +136,6 @@ impl Cache {
                 Entry::Good => {
                     stats.hits += 1;
                     stats.bytes_served += d.size;
-                    touch(&self.object(a));
                     continue;
                 }
                 Entry::Corrupted(why) => {
@@ -129,7 +148,10 @@ impl Cache {
                 Entry::Missing => {}
             }
             stats.misses += 1;
-            fills.push((a, self.dir.join("tmp").join(a), d));
+            let tmp = self.dir.join("tmp").join(a);
+            // A fill killed midway (perhaps another UID's) left its temporary file: we hold the lock.
+            let _ = std::fs::remove_file(transfer::temp_path(&tmp));
+            fills.push((a, tmp, d));
         }
         // download_all verifies size and checksum before its own rename into tmp/.
         let downloads = fills.iter().map(|&(_, ref tmp, d)| Download {
@@ -144,10 +166,12 @@ impl Cache {
             let object = self.object(a);
             std::fs::rename(tmp, &object)
                 .map_err(|e| Error::io(&object, "publish cache entry", e))?;
-            touch(&object);
         }
         drop(locks);
 
+        for (a, _) in &items {
+            self.touch(a);
+        }
         for (a, d) in &items {
             if let Some(parent) = d.dest.parent() {
                 create_dirs(parent)?;
@@ -175,17 +199,48 @@ impl Cache {
         }
     }
 
+    fn lock_path(&self, addr: &str) -> PathBuf {
+        self.dir.join("locks").join(format!("{addr}.lock"))
+    }
+
+    /// Marks entry `addr` as just used: its lock file's mtime (0666, so any UID may set it).
+    fn touch(&self, addr: &str) {
+        use nix::sys::stat::{UtimensatFlags, utimensat};
+        use nix::sys::time::TimeSpec;
+        let path = self.lock_path(addr);
+        let now = TimeSpec::UTIME_NOW;
+        if let Err(e) = utimensat(
+            nix::fcntl::AT_FDCWD,
+            &path,
+            &now,
+            &now,
+            UtimensatFlags::NoFollowSymlink,
+        ) {
+            tracing::debug!("cache: cannot touch {}: {e}", path.display());
+        }
+    }
+
+    /// When entry `addr` was last used (its lock file's mtime, else the entry's own).
+    fn last_used(&self, addr: &str, entry: &std::fs::Metadata) -> SystemTime {
+        std::fs::metadata(self.lock_path(addr))
+            .and_then(|m| m.modified())
+            .or_else(|_| entry.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+
     /// The lock of entry `addr`, or `None` if another process holds it.
     fn try_lock(&self, addr: &str) -> Result<Option<Flock<File>>> {
-        let path = self.dir.join("locks").join(format!("{addr}.lock"));
+        let path = self.lock_path(addr);
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o644)
+            .mode(0o666)
             .open(&path)
             .map_err(|e| Error::io(&path, "open lock", e))?;
+        // The umask took bits off: other UIDs must be able to open it read-write too.
+        let _ = file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
         loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(l) => return Ok(Some(l)),
@@ -208,8 +263,7 @@ impl Cache {
                 continue;
             }
             if let Ok(m) = e.metadata() {
-                let used = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                entries.push((used, m.len(), name));
+                entries.push((self.last_used(&name, &m), m.len(), name));
             }
         }
         let mut total: u64 = entries.iter().map(|e| e.1).sum();
@@ -309,11 +363,11 @@ fn check(object: &Path, size: u64, crc: &str) -> Result<Entry> {
     Ok(Entry::Corrupted(why))
 }
 
-/// Marks an entry as just used. A failure (another user's entry) only costs LRU precision.
-fn touch(object: &Path) {
-    let r = File::open(object).and_then(|f| f.set_modified(SystemTime::now()));
-    if let Err(e) = r {
-        tracing::debug!("cache: cannot touch {}: {e}", object.display());
+/// Makes a folder we created usable by every UID (a folder of another UID is left as it is).
+fn share(dir: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o7777 != mode) {
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode));
     }
 }
 

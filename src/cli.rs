@@ -203,6 +203,16 @@ pub enum SidecarMode {
     Native,
 }
 
+impl std::fmt::Display for SidecarMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SidecarMode::File => "file",
+            SidecarMode::SharedPid => "shared-pid",
+            SidecarMode::Native => "native",
+        })
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct SidecarArgs {
     #[command(flatten)]
@@ -213,8 +223,18 @@ pub struct SidecarArgs {
     #[arg(long, value_enum, env = "FERRY_SIDECAR_MODE", default_value = "file")]
     pub mode: SidecarMode,
     /// Give up waiting after SECS (0 = never); done.json then records reason `timeout`.
-    #[arg(long, default_value = "0", value_name = "SECS")]
+    /// `inject` sets 259200 (72 h) unless told otherwise.
+    #[arg(long, env = "FERRY_TIMEOUT", default_value = "0", value_name = "SECS")]
     pub timeout: u64,
+    /// shared-pid: when no tool process has been seen for SECS and no exit-code file exists,
+    /// the tool never started or ended before the first look: done.json says `crashed`.
+    #[arg(
+        long,
+        env = "FERRY_START_GRACE",
+        default_value = "30",
+        value_name = "SECS"
+    )]
+    pub start_grace: u64,
     /// How long the workdir must stay unchanged after the exit-code file appears.
     #[arg(long, default_value = "1000", value_name = "MS")]
     pub quiet_ms: u64,

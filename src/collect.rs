@@ -2,12 +2,13 @@
 //! changes and the outputs into place, and makes sure a job without an exit code never looks
 //! successful.
 
+use crate::attempt;
 use crate::config::Transfer;
-use crate::done::Done;
+use crate::done::{Done, Reason};
 use crate::error::{Error, Result};
 use crate::init::plan_tree;
 use crate::job::Job;
-use crate::manifest::{Dataset, Kind, check_rel};
+use crate::manifest::{self, Dataset, Kind, check_rel};
 use crate::transfer::{self, Download, write_atomic};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -29,23 +30,54 @@ pub async fn run(
         return Err(Error::JobFailed {
             job_id: m.job_id.clone(),
             reason: format!(
-                "no done.json at s3://{}/{} after {} s: the pod did not finish; wrote exit code {NO_DONE_EXIT_CODE} to {}",
+                "no done.json under s3://{}/{}/ after {} s: the pod did not finish; wrote exit code {NO_DONE_EXIT_CODE} to {}",
                 m.bucket,
-                m.done_key,
+                manifest::attempts_key(&m.prefix, &m.job_id),
                 wait.as_secs(),
                 ec.display()
             ),
         });
     };
-    check(job, &done)?;
+    // An attempt whose init never completed recorded nothing: the head keeps every file.
+    let stats = if done.reason == Reason::InitFailed {
+        transfer::Stats::default()
+    } else {
+        apply(job, &done, link_under, cfg).await?
+    };
+    let code = done.exit_code_for_head();
+    write_atomic(&ec, format!("{code}\n").as_bytes(), 0o644)?;
+    tracing::info!(
+        job = %m.job_id,
+        "collect done: {}, reason {}, attempt {}; {}",
+        done.exit_code.map_or("no exit code".into(), |c| format!("exit code {c}")),
+        done.reason,
+        done.attempt,
+        crate::progress::summary(stats.files, stats.bytes, started.elapsed())
+    );
+    if let Some(why) = done.failure() {
+        return Err(Error::JobFailed {
+            job_id: m.job_id.clone(),
+            reason: format!("{why}; wrote exit code {code} to {}", ec.display()),
+        });
+    }
+    Ok(done)
+}
 
+/// Brings the attempt's workdir changes and outputs into place and removes what it deleted.
+async fn apply(
+    job: &Job,
+    done: &Done,
+    link_under: Option<&Path>,
+    cfg: Transfer,
+) -> Result<transfer::Stats> {
     let wd = job.workdir();
     let mut downloads = Vec::new();
     let mut links: Vec<(PathBuf, String)> = Vec::new();
     let mut dirs = Vec::new();
+    let workdir_key = attempt::workdir_key(job, done.attempt);
     plan_tree(
         &wd,
-        &m.workdir.key,
+        &workdir_key,
         &done.changed,
         &mut downloads,
         &mut links,
@@ -76,31 +108,32 @@ pub async fn run(
     for (path, target) in &links {
         transfer::place_symlink(path, target)?;
     }
-    remove_deleted(job, &done);
-    write_atomic(
-        &ec,
-        format!("{}\n", done.exit_code_for_head()).as_bytes(),
-        0o644,
-    )?;
-    tracing::info!(
-        job = %m.job_id,
-        "collect done: exit={} reason={:?}; {}",
-        done.exit_code.map_or("none".into(), |c| c.to_string()),
-        done.reason,
-        crate::progress::summary(stats.files, stats.bytes, started.elapsed())
-    );
-    if done.exit_code.is_none() {
-        return Err(Error::JobFailed {
-            job_id: m.job_id.clone(),
-            reason: format!(
-                "the tool ended without an exit code ({:?}); wrote {} to {}",
-                done.reason,
-                done.exit_code_for_head(),
-                ec.display()
-            ),
-        });
+    remove_deleted(job, done);
+    let modes = done
+        .mode_changes
+        .iter()
+        .map(|c| (wd.join(&c.path), c.mode))
+        .chain(dirs.into_iter().rev());
+    for (path, mode) in modes {
+        set_mode(&path, mode);
     }
-    Ok(done)
+    Ok(stats)
+}
+
+/// Sets `path`'s mode, never through a symlink; a path the head no longer has is skipped.
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_symlink() => {
+            if meta.permissions().mode() & 0o7777 != mode & 0o7777
+                && let Err(e) =
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
+            {
+                tracing::warn!("could not set the mode of {}: {e}", path.display());
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Replaces an output with a symlink to where a read-only mount of the bucket shows its object,
@@ -125,22 +158,42 @@ fn link_output(mount: &Path, o: &Dataset, dest: &Path) -> Result<()> {
     transfer::place_symlink(dest, &target.to_string_lossy())
 }
 
+/// Waits for the `done.json` of the job's newest attempt. A newer attempt (a retried Job, a
+/// re-created pod) always wins over an older one's record, even one already written.
 async fn wait_for_done(job: &Job, wait: Duration) -> Result<Option<Done>> {
     let m = &job.manifest;
     let end = Instant::now() + wait;
     let mut next_log = Instant::now() + Duration::from_secs(10);
+    let mut n = attempt::latest(job).await?;
     loop {
-        if let Some(bytes) = job.store.get_small(&m.done_key).await? {
-            let url = format!("s3://{}/{}", m.bucket, m.done_key);
-            return Done::from_json(&bytes)
-                .map(Some)
-                .map_err(|r| Error::manifest(url, r));
+        if attempt::exists(job, n + 1).await? {
+            n += 1;
+            continue;
+        }
+        if n > 0 {
+            let key = attempt::done_key(job, n);
+            if let Some(bytes) = job.store.get_small(&key).await? {
+                let url = format!("s3://{}/{key}", m.bucket);
+                let done = Done::from_json(&bytes).map_err(|r| Error::manifest(&url, r))?;
+                check(job, &done, n).map_err(|r| Error::manifest(&url, r))?;
+                // A pod that claimed the next number meanwhile makes this record stale.
+                if !attempt::exists(job, n + 1).await? {
+                    return Ok(Some(done));
+                }
+                continue;
+            }
         }
         if Instant::now() >= end {
             return Ok(None);
         }
         if Instant::now() >= next_log {
-            tracing::info!("collect: waiting for s3://{}/{}", m.bucket, m.done_key);
+            match n {
+                0 => tracing::info!("collect: waiting for a pod of job {} to start", m.job_id),
+                n => tracing::info!(
+                    "collect: waiting for attempt {n} of job {} to finish",
+                    m.job_id
+                ),
+            }
             next_log += Duration::from_secs(10);
         }
         tokio::time::sleep(Duration::from_secs(1).min(end - Instant::now())).await;
@@ -148,28 +201,30 @@ async fn wait_for_done(job: &Job, wait: Duration) -> Result<Option<Done>> {
 }
 
 /// `done.json` comes from the pod: its paths and keys are checked like a manifest's.
-fn check(job: &Job, done: &Done) -> Result<()> {
+fn check(job: &Job, done: &Done, attempt: u32) -> std::result::Result<(), String> {
     let m = &job.manifest;
-    let url = format!("s3://{}/{}", m.bucket, m.done_key);
-    let bad = |r: String| Error::manifest(&url, r);
     if done.job_id != m.job_id {
-        return Err(bad(format!(
-            "it is for job {}, not {}",
-            done.job_id, m.job_id
-        )));
+        return Err(format!("it is for job {}, not {}", done.job_id, m.job_id));
     }
-    for p in done.changed.iter().map(|e| &e.path).chain(&done.deleted) {
-        check_rel(p).map_err(|r| bad(format!("workdir entry `{p}`: {r}")))?;
+    if done.attempt != attempt {
+        return Err(format!(
+            "it says attempt {}, but it is stored as attempt {attempt}",
+            done.attempt
+        ));
+    }
+    let paths = done.changed.iter().map(|e| &e.path).chain(&done.deleted);
+    for p in paths.chain(done.mode_changes.iter().map(|c| &c.path)) {
+        check_rel(p).map_err(|r| format!("workdir entry `{p}`: {r}"))?;
     }
     for o in &done.outputs {
         if !m.outputs.iter().any(|d| d.path == o.path && d.key == o.key) {
-            return Err(bad(format!(
+            return Err(format!(
                 "output `{}` ({}) is not one the manifest declares",
                 o.path, o.key
-            )));
+            ));
         }
         for f in &o.files {
-            check_rel(&f.path).map_err(|r| bad(format!("output file `{}`: {r}", f.path)))?;
+            check_rel(&f.path).map_err(|r| format!("output file `{}`: {r}", f.path))?;
         }
     }
     Ok(())
@@ -179,7 +234,8 @@ fn check(job: &Job, done: &Done) -> Result<()> {
 /// files the head created or changed since staging are never removed.
 fn remove_deleted(job: &Job, done: &Done) {
     let wd = job.workdir();
-    for rel in &done.deleted {
+    // Deepest first: a directory is removed once the files the job removed from it are gone.
+    for rel in done.deleted.iter().rev() {
         let Some(staged) = job.manifest.workdir.entries.iter().find(|e| &e.path == rel) else {
             continue;
         };

@@ -11,3 +11,6 @@ pub const S3_MAX_ATTEMPTS: &str = "FERRY_S3_MAX_ATTEMPTS";
 pub const SIDECAR_MODE: &str = "FERRY_SIDECAR_MODE";
 pub const CACHE_DIR: &str = "FERRY_CACHE_DIR";
 pub const CACHE_MAX_BYTES: &str = "FERRY_CACHE_MAX_BYTES";
+pub const STATE_DIR: &str = "FERRY_STATE_DIR";
+pub const TIMEOUT: &str = "FERRY_TIMEOUT";
+pub const START_GRACE: &str = "FERRY_START_GRACE";

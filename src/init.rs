@@ -2,6 +2,7 @@
 //! absolute paths, verified, with modes, symlinks and empty directories. With a node-local
 //! cache (`--cache-dir`), index files are symlinks into it instead (see [`crate::cache`]).
 
+use crate::attempt::{self, Marker};
 use crate::cache::{self, Cache};
 use crate::config::Transfer;
 use crate::error::{Error, Result};
@@ -15,6 +16,18 @@ use std::time::Instant;
 pub async fn run(job: &Job, cache: Option<&Cache>, cfg: Transfer) -> Result<()> {
     let started = Instant::now();
     let m = &job.manifest;
+    // This pod's attempt: claimed once per pod (a restarted init container keeps its number).
+    let state = attempt::state_dir(job);
+    create_dirs(&state)?;
+    let n = match attempt::read_marker(&state)? {
+        Some(marker) => marker.attempt,
+        None => attempt::claim(job, "init").await?,
+    };
+    let marker = |init_complete| Marker {
+        attempt: n,
+        init_complete,
+    };
+    attempt::write_marker(&state, marker(false))?;
     for r in &m.roots {
         create_dirs(&job.local(&r.path))?;
     }
@@ -85,6 +98,8 @@ pub async fn run(job: &Job, cache: Option<&Cache>, cfg: Transfer) -> Result<()> 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(&ec, "remove stale exit-code file", e)),
     }
+    // Last: from here on the sidecar may record what the job changes and deletes.
+    attempt::write_marker(&state, marker(true))?;
     tracing::info!(
         job = %m.job_id,
         "init done: {}; {} files ({:.1} MiB) already in place; {}{}",

@@ -51,6 +51,10 @@ pub const BIN_FERRY: &str = "/ferry-bin/ferry";
 const BIN_SIZE_LIMIT: u64 = 64 * MIB;
 /// The hostPath volume of `--cache`.
 pub const CACHE_VOLUME: &str = "ferry-cache";
+/// Where ferry's containers (only they) share the pod's attempt marker (see [`crate::attempt`]).
+pub const STATE_DIR: &str = "/ferry-state";
+/// The sidecar's default `FERRY_TIMEOUT` (72 h): no pod waits forever for a tool that never ends.
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 72 * 3600;
 
 const SUPPORTED: &str = "a Pod (v1), a Job (batch/v1), a PodTemplate (v1), a bare pod template \
 (`metadata` + `spec`) or a bare pod spec (`containers: …`)";
@@ -281,7 +285,11 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
     let mut ours: Vec<String> = names
         .iter()
         .cloned()
-        .chain([bin_name.clone(), CACHE_VOLUME.to_string()])
+        .chain([
+            bin_name.clone(),
+            CACHE_VOLUME.to_string(),
+            state_volume_name(&manifest.job_id),
+        ])
         .collect();
     if let Some(vols) = spec.get_mut("volumes").and_then(Value::as_sequence_mut) {
         vols.retain(|v| {
@@ -430,7 +438,10 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
 
     let memory = memory_limit(opts.extra_env)?;
     let mut ferry_mounts = mounts.clone();
-    let mut extra_env = Vec::new();
+    let (state, state_mount) = state_volume(&manifest.job_id);
+    seq_mut(spec, "volumes", None)?.push(state);
+    ferry_mounts.push(state_mount);
+    let mut extra_env = vec![(env::STATE_DIR.to_string(), STATE_DIR.to_string())];
     if let Some(cache) = opts.cache {
         ferry_mounts.push(cache_mount(cache, false));
         extra_env.push((env::CACHE_DIR.to_string(), cache.to_string()));
@@ -460,7 +471,12 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
         SidecarKind::Native => "native",
         SidecarKind::SharedPid => "shared-pid",
     };
-    let sidecar_env = ferry_env(opts.manifest_url, Some(mode), &extra_env);
+    let timeout = [(
+        env::TIMEOUT.to_string(),
+        DEFAULT_TIMEOUT_SECONDS.to_string(),
+    )];
+    let mut sidecar_env = ferry_env(opts.manifest_url, Some(mode), &timeout);
+    append_env(&mut sidecar_env, &extra_env);
     let inits = seq_mut(spec, "initContainers", Some("containers"))?;
     match opts.sidecar {
         SidecarKind::Native => {
@@ -552,8 +568,26 @@ fn is_ferry_volume(v: &Value) -> bool {
     let index = name.rsplit_once("-r").map(|(_, i)| i).unwrap_or_default();
     let root = !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit());
     let bin = name.len() > "ferry--bin".len() && name.ends_with("-bin");
+    let state = name.len() > "ferry--state".len() && name.ends_with("-state");
     let cache = name == CACHE_VOLUME && v.get("hostPath").is_some();
-    cache || (name.starts_with("ferry-") && (root || bin) && v.get("emptyDir").is_some())
+    cache || (name.starts_with("ferry-") && (root || bin || state) && v.get("emptyDir").is_some())
+}
+
+/// The state volume of ferry's containers: `ferry-<job id>-state`, cleaned as in [`volume_names`].
+pub fn state_volume_name(job_id: &str) -> String {
+    format!("ferry-{}-state", volume_base(job_id, "-state".len()))
+}
+
+/// The state emptyDir (added to `volumes`) and its mount, for ferry's containers only.
+fn state_volume(job_id: &str) -> (Value, Value) {
+    let name = state_volume_name(job_id);
+    let limit = map([("sizeLimit", "1Mi".into())]);
+    let volume = map([("name", name.as_str().into()), ("emptyDir", limit)]);
+    let mount = map([
+        ("name", name.as_str().into()),
+        ("mountPath", STATE_DIR.into()),
+    ]);
+    (volume, mount)
 }
 
 /// The `/ferry-bin` volume of `--wrap`: `ferry-<job id>-bin`, cleaned as in [`volume_names`].
@@ -1076,7 +1110,8 @@ spec:
                 .iter()
                 .filter(|v| is_ferry_volume(v))
                 .collect();
-            assert_eq!(vols.len(), 2);
+            assert_eq!(vols.len(), 3, "two roots and ferry's state");
+            assert_eq!(name_of(vols[2]), Some("ferry-42-state"));
             // 3 bytes × 2 + 1 GiB, rounded up to MiB.
             assert_eq!(vols[0]["emptyDir"]["sizeLimit"].as_str(), Some("1025Mi"));
         }
@@ -1438,6 +1473,36 @@ spec:
     }
 
     #[test]
+    fn only_ferrys_containers_mount_the_state_volume_and_the_timeout_can_be_changed() {
+        let extra = [("FERRY_TIMEOUT".to_string(), "600".to_string())];
+        let o = Options {
+            extra_env: &extra,
+            ..opts(SidecarKind::SharedPid)
+        };
+        let out: Value = serde_yaml_ng::from_str(&inject(POD, &sample(), &o).unwrap()).unwrap();
+        let s = spec(&out);
+        let all = s["initContainers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .chain(s["containers"].as_sequence().unwrap());
+        for c in all {
+            let has_state = mounts(c).contains(&("ferry-42-state", STATE_DIR));
+            let name = name_of(c).unwrap();
+            assert_eq!(has_state, is_ferry_container(name), "{name}");
+        }
+        let sidecar = &s["containers"][1];
+        let timeouts: Vec<_> = sidecar["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] == "FERRY_TIMEOUT")
+            .map(|e| e["value"].as_str().unwrap())
+            .collect();
+        assert_eq!(timeouts, ["600"]);
+    }
+
+    #[test]
     fn extra_env_reaches_ferry_containers_only_and_sizes_memory() {
         let extra = [
             (
@@ -1469,6 +1534,8 @@ spec:
             [
                 ("FERRY_MANIFEST", "s3://other/m.json"),
                 ("FERRY_SIDECAR_MODE", "shared-pid"),
+                ("FERRY_TIMEOUT", "259200"),
+                ("FERRY_STATE_DIR", "/ferry-state"),
                 ("AWS_ENDPOINT_URL", "http://127.0.0.1:8333"),
                 ("FERRY_CONCURRENCY", "32"),
             ]

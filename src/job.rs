@@ -54,6 +54,7 @@ impl Job {
                 r.display()
             )));
         }
+        store.record_uploads_under(manifest::uploads_key(&manifest.prefix, &manifest.job_id));
         tracing::info!(job = %manifest.job_id, "manifest {url}: {} workdir entries, {} inputs, {} outputs, {} indices",
             manifest.workdir.entries.len(), manifest.inputs.len(), manifest.outputs.len(), manifest.indices.len());
         Ok(Job {

@@ -1,8 +1,9 @@
 //! ferry: stage a batch job's files through S3 instead of NFS.
 //!
 //! Roles: `stage` and `collect` on the head node, `init` and `sidecar` in the job pod,
-//! `inject` for the pod YAML. See DESIGN.md for the contract and README.md for usage.
+//! `inject` for the pod YAML. See ARCHITECTURE.md for the contract and README.md for usage.
 
+pub mod attempt;
 pub mod cache;
 pub mod checksum;
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod init;
 pub mod inject;
 pub mod job;
 pub mod manifest;
+pub mod output;
 pub mod progress;
 pub mod sidecar;
 pub mod stage;
@@ -118,6 +120,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
                 mode: a.mode,
                 timeout: (a.timeout > 0).then(|| Duration::from_secs(a.timeout)),
                 quiet: Duration::from_millis(a.quiet_ms),
+                start_grace: Duration::from_secs(a.start_grace),
             };
             let r = sidecar::run(&job, &wait, cfg).await;
             if matches!(r, Err(Error::Interrupted(_))) {

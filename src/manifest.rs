@@ -121,6 +121,21 @@ pub fn done_key(prefix: &str, job_id: &str) -> String {
     join_key(&[prefix, "jobs", job_id, "done.json"])
 }
 
+/// Where the job's open multipart uploads are recorded while they run (see `store`).
+pub fn uploads_key(prefix: &str, job_id: &str) -> String {
+    join_key(&[prefix, "jobs", job_id, "uploads"])
+}
+
+/// `jobs/<id>/attempts`: one folder per attempt (pod) of the job.
+pub fn attempts_key(prefix: &str, job_id: &str) -> String {
+    join_key(&[prefix, "jobs", job_id, "attempts"])
+}
+
+/// `jobs/<id>/attempts/<n>`: what attempt `n` (one pod) claimed, uploaded and recorded.
+pub fn attempt_key(prefix: &str, job_id: &str, attempt: u32) -> String {
+    join_key(&[&attempts_key(prefix, job_id), &attempt.to_string()])
+}
+
 pub fn workdir_key(prefix: &str, job_id: &str) -> String {
     join_key(&[prefix, "jobs", job_id, "workdir"])
 }

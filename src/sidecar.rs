@@ -1,15 +1,17 @@
 //! `ferry sidecar`: job pod, beside the tool. Waits for the tool to end, uploads the outputs and
 //! the workdir changes, and writes `done.json` last.
 
+use crate::attempt;
 use crate::cli::SidecarMode;
 use crate::config::Transfer;
-use crate::done::{self, Done, Reason};
+use crate::done::{Done, FailedOutput, ModeChange, Reason};
 use crate::error::{Error, Result};
 use crate::job::Job;
-use crate::manifest::{Entry, Kind, is_within};
+use crate::manifest::{Dataset, Entry, Kind, is_within};
+use crate::output::{self, Found};
 use crate::transfer::{self, Upload};
 use crate::tree;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -20,36 +22,71 @@ pub struct Wait {
     pub timeout: Option<Duration>,
     /// How long the workdir must stay unchanged after the exit-code file appears.
     pub quiet: Duration,
+    /// shared-pid: how long to wait for a first tool process before deciding it never ran.
+    pub start_grace: Duration,
 }
 
 const POLL: Duration = Duration::from_millis(200);
 
-pub async fn run(job: &Job, wait: &Wait, cfg: Transfer) -> Result<Done> {
+/// Waits for the tool, then uploads what this pod's attempt produced and writes its
+/// `done.json`. `None`: a newer attempt of the job exists, so this one recorded nothing.
+pub async fn run(job: &Job, wait: &Wait, cfg: Transfer) -> Result<Option<Done>> {
     let started = Instant::now();
     let mut term = signal(SignalKind::terminate())
         .map_err(|e| Error::io("/", "install SIGTERM handler", e))?;
     let mut int =
         signal(SignalKind::interrupt()).map_err(|e| Error::io("/", "install SIGINT handler", e))?;
-    tracing::info!(job = %job.manifest.job_id, mode = ?wait.mode, "sidecar: waiting for the tool to end");
+    tracing::info!(job = %job.manifest.job_id, "sidecar: mode={}, waiting for the tool to end", wait.mode);
     let reason = match wait.mode {
         SidecarMode::File => wait_file(job, wait, &mut term).await?,
         SidecarMode::SharedPid => wait_shared_pid(job, wait, &mut term).await?,
         SidecarMode::Native => wait_native(wait, &mut term).await,
     };
     let waited = started.elapsed();
+    // From here a signal means "stop now": no done.json, the next run finishes the job.
+    let finish = finish(job, reason, waited, cfg);
+    tokio::select! {
+        r = finish => r,
+        _ = term.recv() => Err(Error::Interrupted("SIGTERM during upload")),
+        _ = int.recv() => Err(Error::Interrupted("SIGINT during upload")),
+    }
+}
+
+/// Decides what this pod may record: only a pod whose init completed records the job's
+/// changes; otherwise `done.json` says `init-failed` and nothing else.
+async fn finish(
+    job: &Job,
+    reason: Reason,
+    waited: Duration,
+    cfg: Transfer,
+) -> Result<Option<Done>> {
+    let state = attempt::state_dir(job);
+    let marker = attempt::read_marker(&state)?;
+    let (n, init_complete) = match marker {
+        Some(m) => (m.attempt, m.init_complete),
+        // init never ran in this pod (or failed before it claimed a number).
+        None => (attempt::claim(job, "sidecar").await?, false),
+    };
+    if !init_complete {
+        tracing::warn!(
+            job = %job.manifest.job_id,
+            "sidecar: ferry init did not complete in this pod (attempt {n}); recording nothing but that"
+        );
+        let record = Done::empty(&job.manifest.job_id, n, None, Reason::InitFailed);
+        return write_done(job, record).await.map(Some);
+    }
     let exit_code = read_exit_code(&job.exit_code_file());
     let reason = match (reason, exit_code) {
         (Reason::Exited, None) => Reason::Crashed,
         (r, _) => r,
     };
-    tracing::info!(job = %job.manifest.job_id, ?exit_code, ?reason, "tool ended after {:.1} s; uploading", waited.as_secs_f64());
-    // From here a signal means "stop now": no done.json, the next run finishes the job.
-    let upload = upload_results(job, exit_code, reason, waited, cfg);
-    tokio::select! {
-        r = upload => r,
-        _ = term.recv() => Err(Error::Interrupted("SIGTERM during upload")),
-        _ = int.recv() => Err(Error::Interrupted("SIGINT during upload")),
-    }
+    tracing::info!(
+        job = %job.manifest.job_id,
+        "tool ended after {:.1} s: {}, reason {reason}, attempt {n}; uploading",
+        waited.as_secs_f64(),
+        exit_code.map_or("no exit code".into(), |c| format!("exit code {c}")),
+    );
+    upload_results(job, n, exit_code, reason, waited, cfg).await
 }
 
 /// The code in the exit-code file, if it holds one (Galaxy writes `echo $? > file`).
@@ -133,6 +170,7 @@ async fn wait_shared_pid(job: &Job, wait: &Wait, term: &mut Signal) -> Result<Re
         .map_err(|e| Error::io("/proc/self/cgroup", "read", e))?;
     let ec = job.exit_code_file();
     let end = deadline(wait);
+    let started = Instant::now();
     let mut seen = false;
     let mut ec_since: Option<Instant> = None;
     loop {
@@ -144,12 +182,19 @@ async fn wait_shared_pid(job: &Job, wait: &Wait, term: &mut Signal) -> Result<Re
         if seen && others == 0 {
             return Ok(Reason::Exited);
         }
-        // A tool that ended before we first looked leaves only its exit-code file.
+        // A tool that ended before we first looked leaves only its exit-code file; one that
+        // never started, or was killed at once (OOM at start), leaves nothing at all.
         if !seen && ec.exists() {
             let t = *ec_since.get_or_insert_with(Instant::now);
             if t.elapsed() >= wait.quiet {
                 return Ok(Reason::Exited);
             }
+        } else if !seen && started.elapsed() >= wait.start_grace {
+            tracing::warn!(
+                "sidecar: no tool process and no exit-code file after {} s: the tool never started or ended at once",
+                wait.start_grace.as_secs()
+            );
+            return Ok(Reason::Crashed);
         }
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
@@ -185,16 +230,17 @@ fn is_zombie(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-async fn upload_results(
-    job: &Job,
-    exit_code: Option<i32>,
-    reason: Reason,
-    waited: Duration,
-    cfg: Transfer,
-) -> Result<Done> {
-    let started = Instant::now();
+/// What the job did to its workdir, against the staged entries.
+struct Changes {
+    /// New, or changed in kind, bytes or symlink target: uploaded.
+    changed: Vec<Entry>,
+    deleted: Vec<String>,
+    /// Same bytes, other mode: nothing to upload.
+    mode_changes: Vec<ModeChange>,
+}
+
+fn workdir_changes(job: &Job) -> Result<Changes> {
     let m = &job.manifest;
-    let wd = job.workdir();
     let staged: HashMap<&str, &Entry> = m
         .workdir
         .entries
@@ -206,126 +252,174 @@ async fn upload_results(
         .iter()
         .filter_map(|o| job.rel_in_workdir(&o.path))
         .collect();
+    let outside = |p: &str| !apart.iter().any(|o| is_within(p, o));
+    // A file of the staged size and mtime has the staged bytes: not read again.
     let needs_crc = |rel: &str, size: u64, mtime: i64| {
         staged
             .get(rel)
             .is_none_or(|s| s.kind != Kind::File || s.size != size || s.mtime_ns != mtime)
     };
-    let current: Vec<Entry> = tree::scan(&wd, &needs_crc)?
+    let current: Vec<Entry> = tree::scan(&job.workdir(), &needs_crc)?
         .into_iter()
-        .filter(|e| !apart.iter().any(|o| is_within(&e.path, o)))
+        .filter(|e| outside(&e.path))
         .collect();
-    let changed: Vec<Entry> = current
-        .iter()
-        .filter(|e| match staged.get(e.path.as_str()) {
-            None => true,
-            Some(s) => {
-                s.kind != e.kind
-                    || (e.kind == Kind::File && e.crc64nvme.is_some() && e.crc64nvme != s.crc64nvme)
-                    || e.target != s.target
-            }
-        })
-        .map(|e| {
-            let mut e = e.clone();
-            if e.kind == Kind::File && e.crc64nvme.is_none() {
-                e.crc64nvme = staged
-                    .get(e.path.as_str())
-                    .and_then(|s| s.crc64nvme.clone());
-            }
-            e
-        })
-        .collect();
-    let present: std::collections::HashSet<&str> =
-        current.iter().map(|e| e.path.as_str()).collect();
-    let deleted: Vec<String> = m
+    let mut changes = Changes {
+        changed: vec![],
+        deleted: vec![],
+        mode_changes: vec![],
+    };
+    for e in &current {
+        let Some(s) = staged.get(e.path.as_str()) else {
+            changes.changed.push(e.clone());
+            continue;
+        };
+        let same_bytes = e.kind == s.kind
+            && e.target == s.target
+            && (e.kind != Kind::File || e.crc64nvme.is_none() || e.crc64nvme == s.crc64nvme);
+        if !same_bytes {
+            changes.changed.push(e.clone());
+        } else if e.kind != Kind::Symlink && e.mode != s.mode {
+            changes.mode_changes.push(ModeChange {
+                path: e.path.clone(),
+                mode: e.mode,
+            });
+        }
+    }
+    let present: HashSet<&str> = current.iter().map(|e| e.path.as_str()).collect();
+    changes.deleted = m
         .workdir
         .entries
         .iter()
-        .filter(|e| {
-            !present.contains(e.path.as_str()) && !apart.iter().any(|o| is_within(&e.path, o))
-        })
+        .filter(|e| !present.contains(e.path.as_str()) && outside(&e.path))
         .map(|e| e.path.clone())
         .collect();
+    Ok(changes)
+}
 
-    let mut uploads: Vec<Upload> = changed
+/// The declared outputs: records, files to upload, the ones not written, the ones unreadable.
+struct Outputs {
+    found: Vec<Dataset>,
+    uploads: Vec<Upload>,
+    missing: Vec<String>,
+    failed: Vec<FailedOutput>,
+}
+
+fn read_outputs(job: &Job) -> Outputs {
+    let roots = output::real_roots(job);
+    let mut out = Outputs {
+        found: vec![],
+        uploads: vec![],
+        missing: vec![],
+        failed: vec![],
+    };
+    for o in &job.manifest.outputs {
+        match output::read(job, o, &roots) {
+            Found::Missing => out.missing.push(o.path.clone()),
+            Found::Failed(error) => {
+                tracing::error!("output {}: {error}", o.path);
+                out.failed.push(FailedOutput {
+                    path: o.path.clone(),
+                    error,
+                });
+            }
+            Found::Read(d, uploads) => {
+                out.found.push(d);
+                out.uploads.extend(uploads);
+            }
+        }
+    }
+    if !out.missing.is_empty() {
+        tracing::warn!("outputs not written by the job: {}", out.missing.join(", "));
+    }
+    out
+}
+
+async fn upload_results(
+    job: &Job,
+    n: u32,
+    exit_code: Option<i32>,
+    reason: Reason,
+    waited: Duration,
+    cfg: Transfer,
+) -> Result<Option<Done>> {
+    let started = Instant::now();
+    let changes = workdir_changes(job)?;
+    let outputs = read_outputs(job);
+    // Outputs share their keys with every attempt: a superseded attempt must not overwrite them.
+    if attempt::exists(job, n + 1).await? {
+        tracing::warn!(
+            job = %job.manifest.job_id,
+            "sidecar: attempt {} of this job exists; attempt {n} uploads nothing and writes no done.json",
+            n + 1
+        );
+        return Ok(None);
+    }
+    let workdir_key = attempt::workdir_key(job, n);
+    let wd = job.workdir();
+    let mut uploads: Vec<Upload> = changes
+        .changed
         .iter()
         .filter(|e| e.kind == Kind::File)
         .map(|e| Upload {
             src: wd.join(&e.path),
-            key: job.workdir_key(&e.path),
+            key: format!("{workdir_key}/{}", e.path),
             size: e.size,
             crc64nvme: e.crc64nvme.clone().unwrap_or_default(),
         })
         .collect();
-    let mut outputs = Vec::new();
-    let mut missing_outputs = Vec::new();
-    for o in &m.outputs {
-        let local = job.local(&o.path);
-        match std::fs::symlink_metadata(&local) {
-            Err(_) => missing_outputs.push(o.path.clone()),
-            Ok(meta) if meta.file_type().is_symlink() => {
-                tracing::warn!(
-                    "output {} is a symlink; not followed, not uploaded",
-                    local.display()
-                );
-                missing_outputs.push(o.path.clone());
-            }
-            Ok(_) => {
-                let mut d = crate::stage::dataset(&local.to_string_lossy(), &o.key)?;
-                uploads.extend(crate::stage::dataset_uploads(std::iter::once(&d)));
-                d.path = o.path.clone();
-                outputs.push(d);
-            }
-        }
-    }
-    if !missing_outputs.is_empty() {
-        tracing::warn!(
-            "outputs not written by the job: {}",
-            missing_outputs.join(", ")
-        );
-    }
+    uploads.extend(outputs.uploads);
     tracing::info!(
-        "sidecar: {} workdir entries changed, {} deleted, {} outputs; {} files to upload",
-        changed.len(),
-        deleted.len(),
-        outputs.len(),
+        "sidecar: {} workdir entries changed, {} deleted, {} modes changed, {} outputs; {} files to upload",
+        changes.changed.len(),
+        changes.deleted.len(),
+        changes.mode_changes.len(),
+        outputs.found.len(),
         uploads.len()
     );
     let stats = transfer::upload_all(&job.store, uploads, cfg, false, "sidecar upload").await?;
-    let record = Done {
-        version: done::VERSION,
-        job_id: m.job_id.clone(),
-        exit_code,
-        reason,
-        changed,
-        deleted,
-        outputs,
-        missing_outputs,
-        files_uploaded: stats.files,
-        bytes_uploaded: stats.bytes,
-        requests: job.store.requests(),
-        wait_seconds: waited.as_secs_f64(),
-        upload_seconds: started.elapsed().as_secs_f64(),
-        finished_at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    };
+    let mut record = Done::empty(&job.manifest.job_id, n, exit_code, reason);
+    record.changed = changes.changed;
+    record.deleted = changes.deleted;
+    record.mode_changes = changes.mode_changes;
+    record.outputs = outputs.found;
+    record.missing_outputs = outputs.missing;
+    record.failed_outputs = outputs.failed;
+    record.files_uploaded = stats.files;
+    record.bytes_uploaded = stats.bytes;
+    record.wait_seconds = waited.as_secs_f64();
+    record.upload_seconds = started.elapsed().as_secs_f64();
+    let record = write_done(job, record).await?;
+    tracing::info!(
+        "sidecar: {}",
+        crate::progress::summary(stats.files, stats.bytes, started.elapsed())
+    );
+    Ok(Some(record))
+}
+
+/// Writes the attempt's `done.json`, last, and lets the node cache evict the job's indices.
+async fn write_done(job: &Job, mut record: Done) -> Result<Done> {
+    let m = &job.manifest;
+    let key = attempt::done_key(job, record.attempt);
+    record.requests = job.store.requests();
+    record.finished_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     job.store
-        .put_small(&m.done_key, record.to_json(), "application/json")
+        .put_small(&key, record.to_json(), "application/json")
         .await?;
-    // The job no longer uses its cached indices: let eviction have them.
     if let Some(dir) = std::env::var_os(crate::env::CACHE_DIR).filter(|d| Path::new(d).is_dir()) {
         crate::cache::unpin(Path::new(&dir), &m.job_id);
     }
     tracing::info!(
         job = %m.job_id,
-        "sidecar done: exit={} reason={:?}; {}; wrote s3://{}/{}",
-        exit_code.map_or("none".to_string(), |c| c.to_string()),
-        reason,
-        crate::progress::summary(stats.files, stats.bytes, started.elapsed()),
+        "sidecar done: {}, reason {}, attempt {}; wrote s3://{}/{key}",
+        record
+            .exit_code
+            .map_or("no exit code".into(), |c| format!("exit code {c}")),
+        record.reason,
+        record.attempt,
         m.bucket,
-        m.done_key
     );
     Ok(record)
 }

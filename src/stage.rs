@@ -18,6 +18,7 @@ pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<Str
     let started = Instant::now();
     manifest::check_job_id(&a.job_id).map_err(Error::Config)?;
     let prefix = a.url.key.clone();
+    store.record_uploads_under(manifest::uploads_key(&prefix, &a.job_id));
     let workdir = absolute(&a.workdir)?;
     if !Path::new(&workdir).is_dir() {
         return Err(Error::io(
@@ -141,6 +142,7 @@ pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<Str
     )
     .await?;
 
+    crate::attempt::forget_all(store, &m).await?;
     let key = m.manifest_key();
     store
         .put_small(&key, m.to_json(), "application/json")

@@ -10,8 +10,8 @@ use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPa
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// User metadata holding ferry's CRC64-NVME of the whole object (multipart objects included).
@@ -61,6 +61,15 @@ pub struct Store {
     counters: Counters,
     /// Multipart uploads in flight (key → upload id), aborted if the process is interrupted.
     open_uploads: Mutex<HashMap<String, String>>,
+    /// Where open multipart uploads are recorded (see [`Store::record_uploads_under`]).
+    journal: OnceLock<String>,
+}
+
+/// The record of one open multipart upload, kept under the job's prefix until it ends.
+#[derive(Serialize, Deserialize)]
+struct OpenUpload {
+    key: String,
+    upload_id: String,
 }
 
 fn bool_env(name: &str) -> bool {
@@ -110,6 +119,7 @@ impl Store {
             bucket: bucket.to_string(),
             counters: Counters::default(),
             open_uploads: Mutex::new(HashMap::new()),
+            journal: OnceLock::new(),
         })
     }
 
@@ -290,27 +300,42 @@ impl Store {
             .map_err(|e| self.err("put", key, e))
     }
 
-    /// Starts a multipart upload of `key`, first aborting any left open by a run that was killed
-    /// (SIGKILL gives no chance to abort): a re-run leaves no orphaned parts behind.
+    /// Records multipart uploads this job starts under `prefix` (`…/jobs/<id>/uploads`), one
+    /// small object per open upload, so a re-run after a kill aborts exactly what this job left
+    /// open and nothing another job is uploading. Without it, nothing is recorded.
+    pub fn record_uploads_under(&self, prefix: String) {
+        let _ = self.journal.set(prefix);
+    }
+
+    /// The journal object of an open multipart upload of `key` (its name: a hash of the key).
+    fn journal_key(&self, key: &str) -> Option<String> {
+        let crc = crate::checksum::of_bytes(key.as_bytes());
+        let sha = crate::checksum::of_bytes(format!("ferry:{key}").as_bytes());
+        self.journal
+            .get()
+            .map(|p| format!("{p}/{crc:016x}{sha:016x}.json"))
+    }
+
+    /// Starts a multipart upload of `key`. An upload of the same key that this job recorded and
+    /// never finished (a run killed by SIGKILL) is aborted first; uploads of other jobs, even of
+    /// the same key, are never touched (many jobs stage one shared input at once).
     pub async fn create_multipart(&self, key: &str, crc64nvme: &str) -> Result<String> {
-        self.counters.multipart.fetch_add(1, Ordering::Relaxed);
-        let stale = self
-            .client
-            .list_multipart_uploads()
-            .bucket(&self.bucket)
-            .prefix(key)
-            .send()
-            .await
-            .map_err(|e| self.err("list multipart uploads", key, e))?;
-        for u in stale.uploads() {
-            if let (Some(k), Some(id)) = (u.key(), u.upload_id())
-                && k == key
-            {
-                tracing::info!(
-                    key,
-                    "aborting a multipart upload left open by an earlier run"
-                );
-                self.abort_multipart(k, id).await;
+        let journal = self.journal_key(key);
+        if let Some(j) = &journal
+            && let Some(bytes) = self.get_small(j).await?
+        {
+            match serde_json::from_slice::<OpenUpload>(&bytes) {
+                Ok(u) if u.key == key => {
+                    tracing::info!(
+                        key,
+                        "aborting the multipart upload an earlier run of this job left open"
+                    );
+                    self.abort_multipart(&u.key, &u.upload_id).await;
+                }
+                _ => tracing::warn!(
+                    "ignoring an unreadable upload record s3://{}/{j}",
+                    self.bucket
+                ),
             }
         }
         self.counters.multipart.fetch_add(1, Ordering::Relaxed);
@@ -329,6 +354,17 @@ impl Store {
             .lock()
             .expect("lock")
             .insert(key.to_string(), id.clone());
+        if let Some(j) = &journal {
+            let record = OpenUpload {
+                key: key.to_string(),
+                upload_id: id.clone(),
+            };
+            let body = serde_json::to_vec(&record).expect("an upload record serialises");
+            if let Err(e) = self.put_small(j, body, "application/json").await {
+                self.abort_multipart(key, &id).await;
+                return Err(e);
+            }
+        }
         Ok(id)
     }
 
@@ -390,7 +426,58 @@ impl Store {
             .await
             .map_err(|e| self.err("complete multipart upload", key, e))?;
         self.open_uploads.lock().expect("lock").remove(key);
+        self.forget_upload(key).await;
         Ok(())
+    }
+
+    /// Deletes the journal record of `key`'s upload (best effort: a leftover record only makes
+    /// the next run try to abort an upload that is already gone).
+    async fn forget_upload(&self, key: &str) {
+        if let Some(j) = self.journal_key(key) {
+            let _ = self.delete(&j).await;
+        }
+    }
+
+    /// DELETE one object (absent is fine).
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        self.counters.put.fetch_add(1, Ordering::Relaxed);
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match self.err("delete", key, e) {
+                Error::Missing { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// PUT small bytes only if `key` does not exist yet (`If-None-Match: *`). `false`: it exists.
+    pub async fn put_small_new(&self, key: &str, bytes: Vec<u8>) -> Result<bool> {
+        self.counters.put.fetch_add(1, Ordering::Relaxed);
+        let crc = crate::checksum::encode(crate::checksum::of_bytes(&bytes));
+        let r = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .if_none_match("*")
+            .checksum_crc64_nvme(&crc)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => Ok(false),
+            Err(e) if e.code() == Some("PreconditionFailed") => Ok(false),
+            Err(e) => Err(self.err("put", key, e)),
+        }
     }
 
     pub async fn abort_multipart(&self, key: &str, upload_id: &str) {
@@ -411,6 +498,7 @@ impl Store {
             );
         }
         self.open_uploads.lock().expect("lock").remove(key);
+        self.forget_upload(key).await;
     }
 
     /// Aborts every multipart upload still open (called when interrupted), best effort, for at

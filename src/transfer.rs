@@ -280,6 +280,13 @@ async fn download_one(
         .await
         .unwrap_or(false);
     if in_place {
+        // Same bytes, perhaps another mode (a job's chmod): the mode still comes back.
+        if std::fs::metadata(&item.dest)
+            .is_ok_and(|m| m.permissions().mode() & 0o7777 != item.mode & 0o7777)
+        {
+            std::fs::set_permissions(&item.dest, Permissions::from_mode(item.mode & 0o7777))
+                .map_err(|e| Error::io(&item.dest, "set mode", e))?;
+        }
         progress.add_bytes(item.size);
         return Ok(false);
     }

@@ -200,8 +200,12 @@ async fn a_tool_that_never_writes_its_exit_code_never_looks_successful() {
         "a failed tool is data, not a sidecar failure: {}",
         stderr(&o)
     );
-    let done: serde_json::Value =
-        serde_json::from_slice(&get(&s.bucket, "p/jobs/1/done.json").await.unwrap()).unwrap();
+    let done: serde_json::Value = serde_json::from_slice(
+        &get(&s.bucket, "p/jobs/1/attempts/1/done.json")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(done["reason"], "timeout");
     assert!(done["exit_code"].is_null());
     fs::remove_dir_all(&s.base).unwrap();

@@ -123,8 +123,12 @@ async fn a_job_round_trips_through_s3_byte_identical() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     run_job(&base);
     ok(sidecar.join().unwrap());
-    let done: serde_json::Value =
-        serde_json::from_slice(&get(&bucket, "ferry/jobs/42/done.json").await.unwrap()).unwrap();
+    let done: serde_json::Value = serde_json::from_slice(
+        &get(&bucket, "ferry/jobs/42/attempts/1/done.json")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(done["exit_code"], 0);
     assert_eq!(done["reason"], "exited");
     assert_eq!(

@@ -213,7 +213,7 @@ def test_stage_and_sidecar_complete_through_throttling(s3, proxy, tmp_path):
            "--part-size", PART, endpoint=proxy.endpoint))
     assert proxy.injected > staged_faults, proxy.faults
     assert open_uploads(s3, bucket) == []
-    done = s3.get_json(bucket, "p/jobs/2/done.json")
+    done = s3.get_json(bucket, "p/jobs/2/attempts/1/done.json")
     assert done["exit_code"] == 0 and done["reason"] == "exited", done
 
     ok(run(s3, "collect", "--manifest", url))  # direct: what the sidecar uploaded, brought home
@@ -337,7 +337,7 @@ def test_a_sidecar_killed_at_random_points_finishes_when_run_again(s3, proxy, tm
             lambda: open_uploads(s3, bucket))
         landed += alive
         left += open_after_kill
-        done = s3.get_json(bucket, f"p/jobs/{job}/done.json")
+        done = s3.get_json(bucket, f"p/jobs/{job}/attempts/1/done.json")
         assert done["exit_code"] == 0, done
         [o] = done["outputs"]
         assert object_sha(s3, bucket, o["key"]) == hashlib.sha256(
@@ -411,12 +411,12 @@ def test_sigterm_during_the_sidecar_upload_writes_no_done_json_and_a_rerun_finis
     log = (tmp_path / "sidecar.log").read_text()
     assert code == 130, log
     assert took < 5, f"exit took {took:.1f} s"
-    assert "p/jobs/10/done.json" not in [o["Key"] for o in s3.client().list_objects_v2(
+    assert "p/jobs/10/attempts/1/done.json" not in [o["Key"] for o in s3.client().list_objects_v2(
         Bucket=bucket, Prefix="p/jobs/10/").get("Contents", [])]
     assert open_uploads(s3, bucket) == [], "the interrupted sidecar aborts its multipart uploads"
     proxy.rate = None
     ok(run(s3, *args, endpoint=proxy.endpoint))
-    done = s3.get_json(bucket, "p/jobs/10/done.json")
+    done = s3.get_json(bucket, "p/jobs/10/attempts/1/done.json")
     assert done["exit_code"] == 0 and done["reason"] == "exited", done
     assert object_sha(s3, bucket, done["outputs"][0]["key"]) == hashlib.sha256(
         under(root, out).read_bytes()).hexdigest()
@@ -442,7 +442,7 @@ def test_a_second_sigterm_ends_the_sidecar_at_once_even_while_it_cleans_up(s3, p
     assert code == 130 and took < 2.5, f"exit {code} after {took:.1f} s:\n{log}"
     proxy.plan, proxy.rate = None, None
     ok(run(s3, *args, endpoint=proxy.endpoint))
-    assert s3.get_json(bucket, "p/jobs/10/done.json")["exit_code"] == 0
+    assert s3.get_json(bucket, "p/jobs/10/attempts/1/done.json")["exit_code"] == 0
     assert open_uploads(s3, bucket) == []
 
 
@@ -575,7 +575,7 @@ def test_init_and_sidecar_ride_out_an_s3_server_restart(own_s3, tmp_path):
         assert proxy.upstream_failures > 0, "the restart was never seen"
     assert snapshot(under(root_a, wd)) == snapshot(wd)
     assert snapshot(under(root_a, inp.parent)) == snapshot(inp.parent)
-    done = s3.get_json(bucket, "p/jobs/b/done.json")
+    done = s3.get_json(bucket, "p/jobs/b/attempts/1/done.json")
     assert done["exit_code"] == 0, done
     assert object_sha(s3, bucket, done["outputs"][0]["key"]) == hashlib.sha256(
         under(root_b, out).read_bytes()).hexdigest()

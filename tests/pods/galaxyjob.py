@@ -74,5 +74,5 @@ def run(s3, base, job_id, tool_command, inputs=(), outputs=(), sidecar="shared-p
         p.down()
     if result.play_rc == 0:
         result.collect = podlib.ferry(s3, "collect", "--manifest", url, "--wait", "30", check=False)
-        result.done = s3.get_json(bucket, f"ferry/jobs/{job_id}/done.json")
+        result.done = s3.get_json(bucket, f"ferry/jobs/{job_id}/attempts/1/done.json")
     return result

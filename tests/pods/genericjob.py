@@ -118,7 +118,7 @@ def run(s3, layout, script=None, during=None, timeout=25):
         p.down()
     if result.play_rc == 0:
         result.collect = podlib.ferry(s3, "collect", "--manifest", url, "--wait", "20", check=False)
-        result.done = s3.get_json(bucket, f"ferry/jobs/{layout.job_id}/done.json")
+        result.done = s3.get_json(bucket, f"ferry/jobs/{layout.job_id}/attempts/1/done.json")
     return result
 
 
