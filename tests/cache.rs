@@ -5,6 +5,7 @@ mod support;
 
 use std::fs;
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use support::*;
@@ -232,7 +233,6 @@ async fn a_corrupted_cache_entry_is_detected_and_replaced() {
 
     let [entry] = objects(&cache).try_into().unwrap();
     let object = cache.join("objects").join(&entry);
-    use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&object, fs::Permissions::from_mode(0o644)).unwrap();
     let mut bytes = fs::read(&object).unwrap();
     bytes[MIB + 7] ^= 0x01;
@@ -314,4 +314,54 @@ async fn eviction_keeps_pinned_entries_and_drops_the_least_recently_used() {
     assert!(!under(&root("3"), &d).exists(), "d was evicted");
     assert_placed(&root("1"), &a, &cache);
     assert_placed(&root("5"), &c, &cache);
+}
+
+/// Runs `ferry init` with the cache as another user, the way pods of several UIDs share a node.
+fn init_as(uid: u32, url: &str, root: &Path, cache: &Path, extra: &[&str]) -> String {
+    use std::os::unix::process::CommandExt;
+    fs::create_dir_all(root).unwrap();
+    std::os::unix::fs::chown(root, Some(uid), Some(uid)).unwrap();
+    let mut args = init_args(url, root, cache);
+    args.extend_from_slice(extra);
+    let mut cmd = std::process::Command::new(ferry_bin());
+    cmd.args(&args).uid(uid).gid(uid).env_remove("FERRY_STATE_DIR");
+    for (k, v) in s3_env() {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let log = stderr(&out);
+    assert!(out.status.success(), "init as uid {uid} failed:\n{log}");
+    log
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_of_two_uids_share_the_cache_without_permission_errors() {
+    let bucket = bucket("cache_uids").await;
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let (head, cache) = (tmp.path().join("head"), tmp.path().join("cache"));
+    let (index, other) = (head.join("refs/genome.fa"), head.join("refs/other.fa"));
+    write(&index, &pattern(1, 3 * MIB));
+    write(&other, &pattern(2, 2 * MIB));
+    let a = stage(&bucket, &head, "a", &[&index]);
+    let b = stage(&bucket, &head, "b", &[&index]);
+    let c = stage(&bucket, &head, "c", &[&other]);
+
+    // uid 1001 fills the cache (and creates its folders), uid 1002 uses that entry.
+    let log = init_as(1001, &a, &tmp.path().join("pod-a"), &cache, &[]);
+    assert_eq!(cache_field(&log, "misses"), 1);
+    let log = init_as(1002, &b, &tmp.path().join("pod-b"), &cache, &[]);
+    assert_eq!(cache_field(&log, "hits"), 1);
+    assert_eq!(cache_field(&log, "bytes_downloaded"), 0);
+    assert_placed(&tmp.path().join("pod-b"), &index, &cache);
+
+    // Both jobs ended (their sidecars unpinned): uid 1002 may evict uid 1001's entry.
+    for pin in ["a", "b"] {
+        fs::remove_file(cache.join("pins").join(pin)).unwrap();
+    }
+    let max = (2 * MIB).to_string();
+    init_as(1002, &c, &tmp.path().join("pod-c"), &cache, &["--cache-max-bytes", &max]);
+    let left = objects(&cache);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].ends_with(&format!("-{}", 2 * MIB)), "{left:?}");
 }
