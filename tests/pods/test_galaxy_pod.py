@@ -32,7 +32,7 @@ def test_a_galaxy_job_succeeds_in_a_pod_and_its_outputs_come_back(s3, tmp_path):
     assert read_exit_code(r.job_dir / "galaxy_201.ec") == 0
     assert (r.done["exit_code"], r.done["reason"]) == (0, "exited")
     sidecar_log = next(v for k, v in r.logs.items() if "sidecar" in k)
-    assert "sidecar done: exit=0" in sidecar_log
+    assert "sidecar done: exit code 0, reason exited, attempt 1" in sidecar_log
 
 
 def test_a_failing_tool_brings_back_its_exit_code_and_stderr(s3, tmp_path):
@@ -59,6 +59,26 @@ def test_a_tool_killed_before_its_exit_code_is_recorded_as_crashed(s3, tmp_path)
     assert "without an exit code" in r.collect.stderr
     ec = (r.job_dir / "galaxy_203.ec").read_text().strip()
     assert ec != "0" and read_exit_code(r.job_dir / "galaxy_203.ec") != 0
+
+
+def test_a_tool_that_kills_its_own_cgroup_as_its_first_action_never_hangs_the_pod(s3, tmp_path):
+    src, out = inputs(tmp_path)
+    # An OOM kill at start, or a missing interpreter: the tool's processes are gone before the
+    # sidecar first looks, and nothing wrote the .ec. The sidecar must not wait forever.
+    kill_all = "for p in $(ls /proc | grep -E '^[0-9]+$'); do " \
+               "[ \"$(cat /proc/$p/cgroup 2>/dev/null)\" = \"$(cat /proc/self/cgroup)\" ] && kill -9 $p; done"
+
+    def kill_first(pod):
+        tool = pod["spec"]["containers"][0]
+        tool["command"], tool["args"] = ["/bin/sh", "-c", kill_all], []
+
+    r = galaxyjob.run(s3, tmp_path, "205", "echo never", inputs=[src], outputs=[out],
+                      extra_inject=["--env", "FERRY_START_GRACE=5"], pod_changes=kill_first)
+    assert r.play_rc == 0, r.logs
+    assert (r.done["exit_code"], r.done["reason"]) == (None, "crashed"), r.logs
+    assert r.collect.returncode == 9, r.collect.stderr
+    assert read_exit_code(r.job_dir / "galaxy_205.ec") != 0
+    assert r.done["deleted"] == [], "nothing staged is lost"
 
 
 def test_an_input_missing_from_s3_fails_init_fast_and_the_tool_never_starts(s3, tmp_path):
