@@ -89,7 +89,7 @@ ferry=$work/bin/ferry
 read -r p_s3 p_master p_volume p_filer p_admin p_debug < <(python3 "$helper" ports 6)
 ports="$p_s3 $p_master $p_volume $p_filer $p_admin $p_debug"
 endpoint=http://127.0.0.1:$p_s3
-# As in /work/shared/S3.md, plus every other port picked free (gRPC ports default to port+10000).
+# SeaweedFS `weed mini` on loopback, plus every other port picked free (gRPC ports default to port+10000).
 AWS_ACCESS_KEY_ID=testkey AWS_SECRET_ACCESS_KEY=testsecret TMPDIR=$work/tmp \
   "$bin/weed" mini -dir="$work/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
   -webdav=false -admin.ui=false -s3.port="$p_s3" -s3.port.iceberg=0 -s3.port.lance=0 \

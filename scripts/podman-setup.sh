@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare this machine (Debian 12, as root) to run pods with `podman kube play`.
-# Idempotent and fast when already done. See /work/shared/PODMAN.md and images/README.md.
+# Idempotent and fast when already done. See images/README.md.
 #   - installs podman runc catatonit busybox-static (apt, only when something is missing)
 #   - writes <repo>/target/containers.conf (runtime runc, ulimits this host can grant)
 # Afterwards: `source scripts/podman-env.sh` (exports CONTAINERS_CONF).

@@ -324,7 +324,10 @@ fn init_as(uid: u32, url: &str, root: &Path, cache: &Path, extra: &[&str]) -> St
     let mut args = init_args(url, root, cache);
     args.extend_from_slice(extra);
     let mut cmd = std::process::Command::new(ferry_bin());
-    cmd.args(&args).uid(uid).gid(uid).env_remove("FERRY_STATE_DIR");
+    cmd.args(&args)
+        .uid(uid)
+        .gid(uid)
+        .env_remove("FERRY_STATE_DIR");
     for (k, v) in s3_env() {
         cmd.env(k, v);
     }
@@ -360,7 +363,13 @@ async fn pods_of_two_uids_share_the_cache_without_permission_errors() {
         fs::remove_file(cache.join("pins").join(pin)).unwrap();
     }
     let max = (2 * MIB).to_string();
-    init_as(1002, &c, &tmp.path().join("pod-c"), &cache, &["--cache-max-bytes", &max]);
+    init_as(
+        1002,
+        &c,
+        &tmp.path().join("pod-c"),
+        &cache,
+        &["--cache-max-bytes", &max],
+    );
     let left = objects(&cache);
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(left[0].ends_with(&format!("-{}", 2 * MIB)), "{left:?}");

@@ -1,5 +1,5 @@
 """Shared by the pod tests, the Galaxy tests and the demo: a real S3 server, the ferry binary,
-and `podman kube play` of the YAML that `ferry inject` produces (see shared/PODMAN.md)."""
+and `podman kube play` of the YAML that `ferry inject` produces ."""
 
 import json
 import os
