@@ -6,10 +6,9 @@ use crate::attempt;
 use crate::config::Transfer;
 use crate::done::{Done, Reason};
 use crate::error::{Error, Result};
-use crate::init::plan_tree;
 use crate::job::Job;
 use crate::manifest::{self, Dataset, Kind, check_rel};
-use crate::transfer::{self, Download, write_atomic};
+use crate::transfer::{self, Download, plan_tree, write_atomic};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -7,8 +7,8 @@ use crate::cache::{self, Cache};
 use crate::config::Transfer;
 use crate::error::{Error, Result};
 use crate::job::Job;
-use crate::manifest::{Entry, Kind};
-use crate::transfer::{self, Download, create_dirs, place_symlink};
+use crate::manifest::Kind;
+use crate::transfer::{self, Download, create_dirs, place_symlink, plan_tree};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -127,36 +127,6 @@ pub fn install_self(dir: &Path) -> Result<PathBuf> {
         dest.display()
     );
     Ok(dest)
-}
-
-/// Plans the entries of one tree rooted at `base` whose objects live under `key`.
-pub fn plan_tree(
-    base: &Path,
-    key: &str,
-    entries: &[Entry],
-    downloads: &mut Vec<Download>,
-    links: &mut Vec<(PathBuf, String)>,
-    dirs: &mut Vec<(PathBuf, u32)>,
-) -> Result<()> {
-    for e in entries {
-        let path = base.join(&e.path);
-        match e.kind {
-            Kind::Dir => {
-                create_dirs(&path)?;
-                dirs.push((path, e.mode));
-            }
-            Kind::File => downloads.push(Download {
-                key: format!("{key}/{}", e.path),
-                dest: path,
-                size: e.size,
-                crc64nvme: e.crc64nvme.clone().unwrap_or_default(),
-                mode: e.mode,
-                mtime_ns: e.mtime_ns,
-            }),
-            Kind::Symlink => links.push((path, e.target.clone().unwrap_or_default())),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

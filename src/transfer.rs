@@ -5,6 +5,7 @@
 use crate::checksum::{self, Crc};
 use crate::config::Transfer;
 use crate::error::{Error, Result};
+use crate::manifest::{Entry, Kind};
 use crate::progress::{self, Progress};
 use crate::store::Store;
 use std::fs::{File, FileTimes, OpenOptions, Permissions};
@@ -173,6 +174,36 @@ pub fn place_symlink(dest: &Path, target: &str) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io(dest, "place symlink", e)
     })
+}
+
+/// Plans the entries of one tree rooted at `base` whose objects live under `key`.
+pub fn plan_tree(
+    base: &Path,
+    key: &str,
+    entries: &[Entry],
+    downloads: &mut Vec<Download>,
+    links: &mut Vec<(PathBuf, String)>,
+    dirs: &mut Vec<(PathBuf, u32)>,
+) -> Result<()> {
+    for e in entries {
+        let path = base.join(&e.path);
+        match e.kind {
+            Kind::Dir => {
+                create_dirs(&path)?;
+                dirs.push((path, e.mode));
+            }
+            Kind::File => downloads.push(Download {
+                key: format!("{key}/{}", e.path),
+                dest: path,
+                size: e.size,
+                crc64nvme: e.crc64nvme.clone().unwrap_or_default(),
+                mode: e.mode,
+                mtime_ns: e.mtime_ns,
+            }),
+            Kind::Symlink => links.push((path, e.target.clone().unwrap_or_default())),
+        }
+    }
+    Ok(())
 }
 
 /// Downloads every item, `concurrency` files or parts at a time, big files in ranged parts.
