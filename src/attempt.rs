@@ -30,20 +30,30 @@ pub struct Marker {
 }
 
 /// The pod's state directory: `FERRY_STATE_DIR` (`inject` sets it), else, for local runs,
-/// `.ferry-state/<job>` under `--root` or the temporary directory, named after the manifest URL.
+/// `ferry-state-<uid>/<job>-<hash of the manifest URL and --root>` in the temporary directory (never
+/// inside the roots, which hold only the job's files).
 pub fn state_dir(job: &Job) -> PathBuf {
     if let Some(dir) = std::env::var_os(env::STATE_DIR).filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
+    let root = job
+        .root
+        .as_deref()
+        .map(Path::to_string_lossy)
+        .unwrap_or_default();
+    let id = format!("{}\n{root}", job.url);
     let name = format!(
         "{}-{:016x}",
         job.manifest.job_id,
-        crate::checksum::of_bytes(job.url.as_bytes())
+        crate::checksum::of_bytes(id.as_bytes())
     );
-    match &job.root {
-        Some(r) => r.join(".ferry-state").join(name),
-        None => std::env::temp_dir().join("ferry-state").join(name),
-    }
+    // Our UID (the owner of /proc/self): users of one machine never share the folder.
+    let uid = std::fs::metadata("/proc/self").map_or(0, |m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid()
+    });
+    let user = format!("ferry-state-{uid}");
+    std::env::temp_dir().join(user).join(name)
 }
 
 fn marker_path(dir: &Path) -> PathBuf {

@@ -6,7 +6,7 @@
 //!   both from the manifest, so equal bytes share one entry whatever their key or path.
 //! - `locks/<addr>.lock`: an exclusive `flock` held while an entry is checked, filled or evicted.
 //! - `tmp/`: downloads in progress; a verified download is published into `objects/` by rename.
-//! - `pins/<job id>`: the addrs a job uses, one per line. Written by `init` before it takes any
+//! - `pins/<job id>-<hash>`: the addrs one attempt of a job uses, one per line (see [`pin_name`]). Written by `init` before it takes any
 //!   lock, removed by the sidecar after `done.json`. Eviction skips every addr named by a pin
 //!   younger than [`PIN_TTL`] (older pins are left by jobs that never finished).
 //!
@@ -108,7 +108,7 @@ impl Cache {
     pub async fn place(
         &self,
         store: &Arc<Store>,
-        job_id: &str,
+        pin_file: &str,
         items: Vec<(String, Download)>,
         cfg: Transfer,
     ) -> Result<Stats> {
@@ -118,7 +118,7 @@ impl Cache {
         }
         // Pin first: an evictor that takes an entry's lock after this sees the pin.
         let pin: String = wanted.keys().map(|a| format!("{a}\n")).collect();
-        transfer::write_atomic(&self.dir.join("pins").join(job_id), pin.as_bytes(), 0o644)?;
+        transfer::write_atomic(&self.dir.join("pins").join(pin_file), pin.as_bytes(), 0o644)?;
 
         // Sorted order: two pods never wait for each other in a cycle.
         let mut locks = Vec::new();
@@ -328,9 +328,16 @@ impl Cache {
     }
 }
 
-/// Removes the pin of `job_id` (the sidecar, after `done.json`), if the cache is there.
-pub fn unpin(dir: &Path, job_id: &str) {
-    let pin = dir.join("pins").join(job_id);
+/// The pin of one attempt of one staged job: jobs of the same id from other buckets, prefixes
+/// or Galaxy instances, and other attempts of the same job, never share (or remove) a pin.
+pub fn pin_name(job_id: &str, manifest_url: &str, attempt: u32) -> String {
+    let id = format!("{manifest_url}\n{attempt}");
+    format!("{job_id}-{:016x}", crate::checksum::of_bytes(id.as_bytes()))
+}
+
+/// Removes pin `name` (the sidecar, after `done.json`), if the cache is there.
+pub fn unpin(dir: &Path, name: &str) {
+    let pin = dir.join("pins").join(name);
     match std::fs::remove_file(&pin) {
         Ok(()) => tracing::info!("cache: unpinned {}", pin.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

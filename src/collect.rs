@@ -37,6 +37,9 @@ pub async fn run(
             ),
         });
     };
+    // Until everything is in place the head's .ec says "failed": a collect that stops halfway
+    // (an error, a signal) never leaves an earlier run's 0 behind.
+    write_atomic(&ec, format!("{NO_DONE_EXIT_CODE}\n").as_bytes(), 0o644)?;
     // An attempt whose init never completed recorded nothing: the head keeps every file.
     let stats = if done.reason == Reason::InitFailed {
         transfer::Stats::default()
@@ -74,10 +77,18 @@ async fn apply(
     let mut links: Vec<(PathBuf, String)> = Vec::new();
     let mut dirs = Vec::new();
     let workdir_key = attempt::workdir_key(job, done.attempt);
+    // The exit-code file is collect's to write, whatever a done.json lists.
+    let ec = job.rel_in_workdir(&job.manifest.exit_code_file);
+    let changed: Vec<_> = done
+        .changed
+        .iter()
+        .filter(|e| Some(&e.path) != ec.as_ref())
+        .cloned()
+        .collect();
     plan_tree(
         &wd,
         &workdir_key,
-        &done.changed,
+        &changed,
         &mut downloads,
         &mut links,
         &mut dirs,
@@ -119,14 +130,16 @@ async fn apply(
     Ok(stats)
 }
 
-/// Sets `path`'s mode, never through a symlink; a path the head no longer has is skipped.
+/// Sets `path`'s permission bits (never setuid, setgid or sticky), never through a symlink; a
+/// path the head no longer has is skipped.
 fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_symlink() => {
-            if meta.permissions().mode() & 0o7777 != mode & 0o7777
+            let mode = mode & transfer::PERMISSION_BITS;
+            if meta.permissions().mode() & 0o7777 != mode
                 && let Err(e) =
-                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             {
                 tracing::warn!("could not set the mode of {}: {e}", path.display());
             }

@@ -20,8 +20,9 @@ pub async fn run(job: &Job, cache: Option<&Cache>, cfg: Transfer) -> Result<()> 
     let state = attempt::state_dir(job);
     create_dirs(&state)?;
     let n = match attempt::read_marker(&state)? {
-        Some(marker) => marker.attempt,
-        None => attempt::claim(job, "init").await?,
+        // A re-stage of the job forgets its attempts: then this is a new one.
+        Some(marker) if attempt::exists(job, marker.attempt).await? => marker.attempt,
+        _ => attempt::claim(job, "init").await?,
     };
     let marker = |init_complete| Marker {
         attempt: n,
@@ -79,7 +80,10 @@ pub async fn run(job: &Job, cache: Option<&Cache>, cfg: Transfer) -> Result<()> 
         }
     }
     let cache_stats = match cache {
-        Some(c) => Some(c.place(&job.store, &m.job_id, cached, cfg).await?),
+        Some(c) => {
+            let pin = cache::pin_name(&m.job_id, &job.url, n);
+            Some(c.place(&job.store, &pin, cached, cfg).await?)
+        }
         None => None,
     };
     let stats = transfer::download_all(&job.store, downloads, cfg, "init download").await?;

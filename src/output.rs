@@ -100,10 +100,10 @@ fn resolve(path: &Path, roots: &[PathBuf]) -> Result<PathBuf, String> {
     }
 }
 
-/// One regular file: its size, checksum and upload.
+/// One regular file: its size, checksum and upload (a FIFO or device is refused, never read).
 fn file(real: &Path, key: String) -> Result<(u64, String, Upload), String> {
     let (size, crc) =
-        checksum::of_file(real).map_err(|e| format!("read {}: {e}", real.display()))?;
+        tree::checksum_regular(real).map_err(|e| format!("read {}: {e}", real.display()))?;
     let crc = checksum::encode(crc);
     let upload = Upload {
         src: real.to_path_buf(),
@@ -114,8 +114,9 @@ fn file(real: &Path, key: String) -> Result<(u64, String, Upload), String> {
     Ok((size, crc, upload))
 }
 
-/// The files of an output directory; a symlink to a file inside it becomes that file's bytes,
-/// a symlink to a directory inside the roots stays a symlink.
+/// The files of an output directory; a symlink to a file inside it becomes that file's bytes.
+/// A symlink to a directory inside it is refused (its files would silently be missing, and on
+/// the head the link would show whatever the head has there).
 fn directory(
     real: &Path,
     key: &str,
@@ -131,7 +132,11 @@ fn directory(
             Kind::Symlink => {
                 let target = resolve(&path, roots)?;
                 if target.is_dir() {
-                    continue;
+                    return Err(format!(
+                        "{} is a symlink to the directory {}; an output directory may link files, not directories",
+                        path.display(),
+                        target.display()
+                    ));
                 }
                 target
             }

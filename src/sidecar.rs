@@ -89,15 +89,26 @@ async fn finish(
     upload_results(job, n, exit_code, reason, waited, cfg).await
 }
 
-/// The code in the exit-code file, if it holds one (Galaxy writes `echo $? > file`).
+/// The code in the exit-code file, if it holds one (Galaxy writes `echo $? > file`). The file
+/// is the job's: read only if it is a regular file (never a symlink or a FIFO), at most 64
+/// bytes, and its content is never logged.
 pub fn read_exit_code(path: &Path) -> Option<i32> {
-    let text = std::fs::read_to_string(path).ok()?;
-    match text.trim().parse::<i32>() {
-        Ok(c) => Some(c),
-        Err(_) => {
-            tracing::warn!("{}: `{}` is not an exit code", path.display(), text.trim());
+    use std::io::Read;
+    let mut text = String::new();
+    let read = crate::tree::open_regular(path).and_then(|f| f.take(64).read_to_string(&mut text));
+    match read {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::warn!("{}: not read as an exit code ({e})", path.display());
             None
         }
+        Ok(_) => match text.trim().parse::<i32>() {
+            Ok(c) => Some(c),
+            Err(_) => {
+                tracing::warn!("{}: does not hold an exit code", path.display());
+                None
+            }
+        },
     }
 }
 
@@ -114,7 +125,7 @@ async fn wait_file(job: &Job, wait: &Wait, term: &mut Signal) -> Result<Reason> 
         let _ = tx.send(());
     });
     let end = deadline(wait);
-    while !ec.exists() {
+    while std::fs::symlink_metadata(&ec).is_err() {
         tokio::select! {
             _ = rx.recv() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -184,7 +195,7 @@ async fn wait_shared_pid(job: &Job, wait: &Wait, term: &mut Signal) -> Result<Re
         }
         // A tool that ended before we first looked leaves only its exit-code file; one that
         // never started, or was killed at once (OOM at start), leaves nothing at all.
-        if !seen && ec.exists() {
+        if !seen && std::fs::symlink_metadata(&ec).is_ok() {
             let t = *ec_since.get_or_insert_with(Instant::now);
             if t.elapsed() >= wait.quiet {
                 return Ok(Reason::Exited);
@@ -247,10 +258,13 @@ fn workdir_changes(job: &Job) -> Result<Changes> {
         .iter()
         .map(|e| (e.path.as_str(), e))
         .collect();
+    // Outputs travel on their own; the exit-code file is written by collect itself.
     let apart: Vec<String> = m
         .outputs
         .iter()
-        .filter_map(|o| job.rel_in_workdir(&o.path))
+        .map(|o| o.path.as_str())
+        .chain([m.exit_code_file.as_str()])
+        .filter_map(|p| job.rel_in_workdir(p))
         .collect();
     let outside = |p: &str| !apart.iter().any(|o| is_within(p, o));
     // A file of the staged size and mtime has the staged bytes: not read again.
@@ -409,7 +423,8 @@ async fn write_done(job: &Job, mut record: Done) -> Result<Done> {
         .put_small(&key, record.to_json(), "application/json")
         .await?;
     if let Some(dir) = std::env::var_os(crate::env::CACHE_DIR).filter(|d| Path::new(d).is_dir()) {
-        crate::cache::unpin(Path::new(&dir), &m.job_id);
+        let pin = crate::cache::pin_name(&m.job_id, &job.url, record.attempt);
+        crate::cache::unpin(Path::new(&dir), &pin);
     }
     tracing::info!(
         job = %m.job_id,

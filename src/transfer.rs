@@ -72,6 +72,10 @@ impl Stats {
     }
 }
 
+/// The mode bits a download may set: read/write/execute only. A job's setuid, setgid or sticky
+/// bit never reaches the head node (nor the pod).
+pub const PERMISSION_BITS: u32 = 0o777;
+
 /// How often a body stream that breaks mid-transfer is resumed from where it broke.
 const BODY_ATTEMPTS: u32 = 6;
 
@@ -313,10 +317,13 @@ async fn download_one(
     if in_place {
         // Same bytes, perhaps another mode (a job's chmod): the mode still comes back.
         if std::fs::metadata(&item.dest)
-            .is_ok_and(|m| m.permissions().mode() & 0o7777 != item.mode & 0o7777)
+            .is_ok_and(|m| m.permissions().mode() & 0o7777 != item.mode & PERMISSION_BITS)
         {
-            std::fs::set_permissions(&item.dest, Permissions::from_mode(item.mode & 0o7777))
-                .map_err(|e| Error::io(&item.dest, "set mode", e))?;
+            std::fs::set_permissions(
+                &item.dest,
+                Permissions::from_mode(item.mode & PERMISSION_BITS),
+            )
+            .map_err(|e| Error::io(&item.dest, "set mode", e))?;
         }
         progress.add_bytes(item.size);
         return Ok(false);
@@ -423,7 +430,7 @@ async fn fetch_to_temp(
             actual: got,
         });
     }
-    file.set_permissions(Permissions::from_mode(item.mode & 0o7777))
+    file.set_permissions(Permissions::from_mode(item.mode & PERMISSION_BITS))
         .map_err(|e| Error::io(tmp, "set mode", e))?;
     file.set_times(FileTimes::new().set_modified(mtime(item.mtime_ns)))
         .map_err(|e| Error::io(tmp, "set mtime", e))?;

@@ -104,6 +104,38 @@ pub fn file_entry(path: &Path) -> Result<(u64, u32, i64, String)> {
     ))
 }
 
+/// Opens a file the job left, for reading, only if it is a regular file: never through a
+/// symlink (`O_NOFOLLOW`) and never blocking on a FIFO or device (`O_NONBLOCK`, then `fstat`).
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use nix::fcntl::OFlag;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(f)
+}
+
+/// Size and CRC64-NVME of a regular file the job left (see [`open_regular`]).
+pub fn checksum_regular(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::io::Read;
+    let mut f = open_regular(path)?;
+    let mut crc = checksum::Crc::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok((size, crc.value()));
+        }
+        crc.update(&buf[..n]);
+        size += n as u64;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +163,16 @@ mod tests {
             Some(checksum::encode(checksum::of_bytes(b"hello")).as_str())
         );
         assert_eq!(entries[3].target.as_deref(), Some("/etc"));
+    }
+
+    #[test]
+    fn open_regular_refuses_a_symlink_and_a_fifo_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), b"3\n").unwrap();
+        std::os::unix::fs::symlink(d.path().join("f"), d.path().join("l")).unwrap();
+        nix::unistd::mkfifo(&d.path().join("p"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert_eq!(checksum_regular(&d.path().join("f")).unwrap().0, 2);
+        assert!(open_regular(&d.path().join("l")).is_err());
+        assert!(open_regular(&d.path().join("p")).is_err());
     }
 }

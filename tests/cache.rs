@@ -91,6 +91,11 @@ fn cache_field(log: &str, name: &str) -> u64 {
         .unwrap()
 }
 
+/// The pin file of attempt 1 of job `id` staged at `url`.
+fn pin_of(cache: &Path, url: &str, id: &str) -> PathBuf {
+    cache.join("pins").join(ferry::cache::pin_name(id, url, 1))
+}
+
 /// Where absolute `path` of the head node lands under `root`.
 fn under(root: &Path, path: &Path) -> PathBuf {
     root.join(path.strip_prefix("/").unwrap())
@@ -214,8 +219,8 @@ async fn a_second_job_downloads_no_index_bytes() {
         }
     }
     // Each job pins what it uses until its sidecar is done.
-    for id in ["1", "2"] {
-        let pin = fs::read_to_string(cache.join("pins").join(id)).unwrap();
+    for (id, url) in [("1", &url1), ("2", &url2)] {
+        let pin = fs::read_to_string(pin_of(&cache, url, id)).unwrap();
         assert_eq!(pin.lines().count(), 4, "{pin}");
     }
 }
@@ -291,7 +296,7 @@ async fn eviction_keeps_pinned_entries_and_drops_the_least_recently_used() {
                 "50",
             ];
             ok(ferry_with(&args, &cache_env));
-            assert!(!cache.join("pins").join(id).exists());
+            assert!(!pin_of(&cache, &url, id).exists());
         }
         log
     };
@@ -359,8 +364,8 @@ async fn pods_of_two_uids_share_the_cache_without_permission_errors() {
     assert_placed(&tmp.path().join("pod-b"), &index, &cache);
 
     // Both jobs ended (their sidecars unpinned): uid 1002 may evict uid 1001's entry.
-    for pin in ["a", "b"] {
-        fs::remove_file(cache.join("pins").join(pin)).unwrap();
+    for (id, url) in [("a", &a), ("b", &b)] {
+        fs::remove_file(pin_of(&cache, url, id)).unwrap();
     }
     let max = (2 * MIB).to_string();
     init_as(
@@ -373,4 +378,37 @@ async fn pods_of_two_uids_share_the_cache_without_permission_errors() {
     let left = objects(&cache);
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(left[0].ends_with(&format!("-{}", 2 * MIB)), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_of_the_same_id_from_two_prefixes_keep_their_own_pins() {
+    let bucket = bucket("cache_pins").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (head, cache) = (tmp.path().join("head"), tmp.path().join("cache"));
+    let index = head.join("refs/x.fa");
+    write(&index, &pattern(5, MIB));
+    let wd = head.join("jobs/1");
+    write(&wd.join("run.sh"), b"x");
+    let mut urls = Vec::new();
+    for prefix in ["galaxy-a", "galaxy-b"] {
+        let o = ferry(&[
+            "stage",
+            "--url",
+            &format!("s3://{bucket}/{prefix}"),
+            "--job-id",
+            "1",
+            "--workdir",
+            wd.to_str().unwrap(),
+            "--index",
+            index.to_str().unwrap(),
+        ]);
+        urls.push(ok(o));
+    }
+    for (i, url) in urls.iter().enumerate() {
+        init(url, &tmp.path().join(format!("r{i}")), &cache, &[]);
+    }
+    for url in &urls {
+        assert!(pin_of(&cache, url, "1").exists(), "{url}");
+    }
+    assert_eq!(fs::read_dir(cache.join("pins")).unwrap().count(), 2);
 }

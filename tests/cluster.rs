@@ -85,6 +85,10 @@ impl Job {
 
     /// Starts a sidecar of pod `n` and returns once it is waiting for the tool.
     fn sidecar(&self, pod: u32, args: &[&str]) -> Sidecar {
+        self.sidecar_with(pod, args, &[])
+    }
+
+    fn sidecar_with(&self, pod: u32, args: &[&str], env: &[(&str, &str)]) -> Sidecar {
         let log = self
             .tmp
             .path()
@@ -100,6 +104,7 @@ impl Job {
         for (k, v) in s3_env() {
             cmd.env(k, v);
         }
+        cmd.envs(env.iter().copied());
         let child = cmd.spawn().unwrap();
         let s = Sidecar { child, log };
         s.wait_for_line("waiting for the tool");
@@ -162,9 +167,19 @@ impl Sidecar {
         .unwrap();
     }
 
-    /// Waits for the sidecar to exit; asserts it succeeded.
+    /// Waits (at most a minute: a hang is a failure) for the sidecar to exit; asserts success.
     fn finished(mut self) -> String {
-        let status = self.child.wait().unwrap();
+        let end = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                panic!("the sidecar hangs:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         let log = self.log();
         assert!(status.success(), "sidecar failed ({status}):\n{log}");
         log
@@ -433,11 +448,7 @@ async fn a_mode_only_change_and_a_removed_directory_come_back_to_the_head() {
         .iter()
         .map(|e| e["path"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        uploaded,
-        ["galaxy_1.ec"],
-        "a mode change uploads nothing: {done}"
-    );
+    assert!(uploaded.is_empty(), "a mode change uploads nothing: {done}");
     assert_eq!(done["mode_changes"][0]["path"], "run.sh");
     // Meanwhile the head added a file to keep/: that directory must stay.
     write(&job.head.join("w/job/keep/head-added.txt"), b"mine");
@@ -609,4 +620,102 @@ async fn a_stage_never_aborts_another_jobs_upload_of_the_same_key() {
         [theirs.upload_id().unwrap()],
         "their upload is untouched"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exit_code_file_linked_to_a_secret_is_never_read_or_logged() {
+    let job = staged("ec-link").await;
+    ok(job.init(1));
+    // A hostile job links its exit-code file to the sidecar's own environment.
+    std::os::unix::fs::symlink("/proc/self/environ", job.in_pod(1, "w/job/galaxy_1.ec")).unwrap();
+    let sidecar = job.sidecar_with(1, &["--quiet-ms", "100"], &[("MY_TOKEN", "sekrit-4711")]);
+    let log = sidecar.finished();
+    assert!(!log.contains("sekrit-4711"), "{log}");
+    let done = job.done(1).await.unwrap();
+    assert_eq!(
+        (done["exit_code"].clone(), done["reason"].clone()),
+        (Value::Null, "crashed".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifos_as_exit_code_file_or_linked_output_never_hang_the_sidecar() {
+    let job = staged("fifos").await;
+    ok(job.init(1));
+    let fifo = |p: PathBuf| nix::unistd::mkfifo(&p, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    fifo(job.in_pod(1, "w/job/galaxy_1.ec"));
+    fifo(job.in_pod(1, "w/job/pipe"));
+    fs::create_dir_all(job.in_pod(1, "d/outdir")).unwrap();
+    std::os::unix::fs::symlink(job.in_pod(1, "w/job/pipe"), job.in_pod(1, "d/outdir/r.txt"))
+        .unwrap();
+    job.sidecar(1, &["--quiet-ms", "100"]).finished();
+    let done = job.done(1).await.unwrap();
+    assert_eq!(done["reason"], "crashed", "{done}");
+    assert_eq!(
+        done["failed_outputs"][0]["path"],
+        format!("{}/d/outdir", job.head.display())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_directory_linked_inside_an_output_directory_fails_the_job_instead_of_coming_back_empty()
+{
+    let job = staged("linked-dir").await;
+    ok(job.init(1));
+    write(&job.in_pod(1, "d/scratch/results/a.txt"), b"a");
+    fs::create_dir_all(job.in_pod(1, "d/outdir")).unwrap();
+    std::os::unix::fs::symlink("../scratch/results", job.in_pod(1, "d/outdir/results")).unwrap();
+    write(&job.in_pod(1, "w/job/galaxy_1.ec"), b"0\n");
+    job.sidecar(1, &["--quiet-ms", "100"]).finished();
+    let o = job.collect("10");
+    assert_eq!(code(&o), 9, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("may link files, not directories"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!job.head.join("d/outdir/results").exists());
+    assert_eq!(job.ec(), "1\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn setuid_setgid_and_sticky_bits_never_come_back_to_the_head() {
+    let job = staged("setuid").await;
+    ok(job.init(1));
+    let chmod = |rel: &str, mode| {
+        fs::set_permissions(job.in_pod(1, rel), fs::Permissions::from_mode(mode)).unwrap()
+    };
+    chmod("w/job/run.sh", 0o6777);
+    chmod("w/job/sub", 0o1777);
+    write(&job.in_pod(1, "w/job/newbin"), b"#!/bin/sh\n");
+    chmod("w/job/newbin", 0o4755);
+    write(&job.in_pod(1, "w/job/galaxy_1.ec"), b"0\n");
+    job.sidecar(1, &["--quiet-ms", "100"]).finished();
+    ok(job.collect("10"));
+    let mode = |rel: &str| {
+        fs::metadata(job.head.join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode("w/job/run.sh"), 0o777);
+    assert_eq!(mode("w/job/sub"), 0o777);
+    assert_eq!(mode("w/job/newbin"), 0o755);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collect_that_fails_halfway_leaves_a_failing_exit_code_not_an_old_zero() {
+    let job = staged("collect-halfway").await;
+    // An earlier run left `0` in the head's exit-code file.
+    write(&job.head.join("w/job/galaxy_1.ec"), b"0\n");
+    ok(job.init(1));
+    // The job replaced a staged directory with a file: collect cannot put it in place.
+    fs::remove_dir_all(job.in_pod(1, "w/job/sub")).unwrap();
+    write(&job.in_pod(1, "w/job/sub"), b"now a file");
+    write(&job.in_pod(1, "w/job/galaxy_1.ec"), b"0\n");
+    job.sidecar(1, &["--quiet-ms", "100"]).finished();
+    let o = job.collect("10");
+    assert_eq!(code(&o), 7, "{}", stderr(&o));
+    assert_eq!(job.ec(), "1\n");
 }

@@ -30,21 +30,12 @@ async fn a_rerun_aborts_the_multipart_upload_a_killed_run_left_open() {
     let tmp = tempfile::tempdir().unwrap();
     let wd = tmp.path().join("w");
     fs::create_dir_all(&wd).unwrap();
-    fs::write(wd.join("big.bin"), vec![5u8; 12 << 20]).unwrap();
-    // What a SIGKILLed upload leaves: a multipart upload that nobody will complete.
-    let key = "p/jobs/1/workdir/big.bin";
-    client()
-        .await
-        .create_multipart_upload()
-        .bucket(&bucket)
-        .key(key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(open_uploads(&bucket).await, vec![key.to_string()]);
-    ok(ferry(&[
+    fs::write(wd.join("big.bin"), vec![5u8; 100 << 20]).unwrap();
+    let args = [
         "--part-size",
         "5MiB",
+        "--concurrency",
+        "1",
         "stage",
         "--url",
         &format!("s3://{bucket}/p"),
@@ -52,9 +43,40 @@ async fn a_rerun_aborts_the_multipart_upload_a_killed_run_left_open() {
         "1",
         "--workdir",
         wd.to_str().unwrap(),
-    ]));
+    ];
+    // SIGKILL as soon as the upload is under way (its record exists): nothing can abort it.
+    let mut cmd = std::process::Command::new(ferry_bin());
+    cmd.args(args).stderr(std::process::Stdio::null());
+    for (k, v) in s3_env() {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let key = "p/jobs/1/workdir/big.bin";
+    let recorded = || async {
+        keys(&bucket)
+            .await
+            .iter()
+            .any(|k| k.starts_with("p/jobs/1/uploads/"))
+    };
+    while !recorded().await {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "stage ended before it could be killed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(open_uploads(&bucket).await, vec![key.to_string()]);
+    ok(ferry(&args));
     assert!(open_uploads(&bucket).await.is_empty());
-    assert_eq!(get(&bucket, key).await.unwrap().len(), 12 << 20);
+    assert_eq!(get(&bucket, key).await.unwrap().len(), 100 << 20);
+    let records: Vec<String> = keys(&bucket)
+        .await
+        .into_iter()
+        .filter(|k| k.contains("/uploads/"))
+        .collect();
+    assert!(records.is_empty(), "{records:?}");
 }
 
 /// A 1 MiB tmpfs mounted by the test (root only, as in CI), unmounted on drop.
