@@ -99,7 +99,8 @@ class GalaxyJob:
         self.wrapper = galaxy_stubs.JobWrapper(
             self.app.model.context.job, self.app, self.tool, self.destination, self.job_dir,
             self.command(tool_command), job_io=self.job_io)
-        self.runner.queue_job(self.wrapper)
+        self.runner.queue_job(self.wrapper)  # Galaxy's worker thread hands it to the stage pool
+        assert self.runner.wait_for_transfers(timeout=120), "stage still running after 120 s"
 
     def submit(self, tool_command):
         """queue(), which must create a Job; returns the Job as the runner POSTed it."""
@@ -117,18 +118,24 @@ class GalaxyJob:
         self.runner.recover(self.wrapper.get_job(), self.wrapper)
         self.ajs = self.runner.monitor_queue.get_nowait()
 
-    def run_pod(self, timeout=60):
-        """The Job's pod, run to its end by podman; always removed."""
+    def run_pod(self, timeout=60, init_fails=False, host_paths=None):
+        """The Job's pod, run to its end by podman; always removed. ``host_paths``: {claimName: directory}
+        for the Job's persistentVolumeClaim volumes (podman has no PVCs), see ``claims_as_host_paths``."""
         name = f"gxy-{self.id}-{uuid.uuid4().hex[:6]}"
         pod = podlib.for_podman(podlib.pod_from_job(self.api.created[-1], name))
+        if host_paths:
+            claims_as_host_paths(pod, host_paths)
         pod_yaml = self.base / f"{name}.yaml"
         pod_yaml.write_text(yaml.safe_dump(pod))
         p = podlib.Pod(pod_yaml)
         run = PodRun(play_rc=0)
         try:
             run.play_rc = p.start()
-            assert run.play_rc == 0, p.play.stderr
-            run.exit_codes = p.wait(timeout=timeout)
+            if init_fails:
+                assert run.play_rc != 0, "kube play reports a failed init container"
+            else:
+                assert run.play_rc == 0, p.play.stderr
+                run.exit_codes = p.wait(timeout=timeout)
             for c in p.init_names + p.names:
                 run.logs[c] = p.logs(c)
             run.pod = kube.pod_status(pod, name)
@@ -162,10 +169,33 @@ def session_bucket(s3):
 
 
 def drain(runner):
-    """Runs queued runner methods in order, as Galaxy's worker threads do (run_next)."""
+    """Runs queued runner methods in order, as Galaxy's worker threads do (run_next), and waits for what
+    they hand to ferry's stage and collect pools, until nothing is left."""
     while True:
         try:
             method, arg = runner.work_queue.get_nowait()
         except queue.Empty:
-            return
+            assert runner.wait_for_transfers(timeout=120), "stage / collect still running after 120 s"
+            if runner.work_queue.empty():
+                return
+            continue
         method(arg)
+
+
+def claims_as_host_paths(pod, host_paths):
+    """Each persistentVolumeClaim volume mounted with a subPath becomes a hostPath volume of its own at
+    DIR/subPath (podman has no PVCs and no subPath on most volume kinds): the same files at the same
+    mountPath, read-only where the Job says so."""
+    spec = pod["spec"]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec.get("volumes", [])
+              if "persistentVolumeClaim" in v}
+    volumes = [v for v in spec.get("volumes", []) if v["name"] not in claims]
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        for i, m in enumerate(c.get("volumeMounts", [])):
+            if m["name"] not in claims:
+                continue
+            source = Path(host_paths[claims[m["name"]]]) / m.pop("subPath", "")
+            name = f"{m['name']}-{i}-{uuid.uuid4().hex[:6]}"
+            volumes.append({"name": name, "hostPath": {"path": str(source), "type": "Directory"}})
+            m["name"] = name
+    spec["volumes"] = volumes
