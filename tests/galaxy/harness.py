@@ -40,6 +40,22 @@ class GalaxyJob:
         self.base = base
         self.s3 = s3
         self.id = random.randrange(10**6, 10**7)  # podman names volumes after the job id: keep them unique
+        self.make_files(base, outputs_to_working_directory)
+        job = galaxy_stubs.new_job(self.id)
+        self.app = galaxy_stubs.make_app(job, outputs_to_working_directory=outputs_to_working_directory)
+        self.tool = galaxy_stubs.Tool(self.app, podlib.TOOL_IMAGE, version=tool_version, tool_dir=self.tool_dir)
+        self.destination = galaxy_stubs.k8s_destination(**destination_params)
+        self.bucket = session_bucket(s3)
+        self.prefix = f"galaxy-{self.id}"
+        self.kubeconfig = base / "kubeconfig"
+        self.kubeconfig.write_text(galaxy_stubs.KUBECONFIG)
+        self.api = kube.FakeKubernetesApi()
+        self.runner = self.new_runner()
+        self.wrapper = None
+        self.ajs = None
+
+    def make_files(self, base, outputs_to_working_directory):
+        """The job directory, the input dataset's files, the tool directory, the output, and job_io."""
         self.job_dir = base / "galaxy/jobs/000" / str(self.id)
         files = base / "galaxy/files/000"
         files.mkdir(parents=True)
@@ -59,25 +75,14 @@ class GalaxyJob:
         # Where the job writes its output and where Galaxy reads it after the job.
         self.output = Path(str(self.output_dataset))
 
-        job = galaxy_stubs.new_job(self.id)
-        self.app = galaxy_stubs.make_app(job, outputs_to_working_directory=outputs_to_working_directory)
-        self.tool = galaxy_stubs.Tool(self.app, podlib.TOOL_IMAGE, version=tool_version, tool_dir=self.tool_dir)
-        self.destination = galaxy_stubs.k8s_destination(**destination_params)
         self.job_io = galaxy_stubs.JobIO(
             inputs=[self.input, self.input_metadata, self.input_extra], outputs=[self.output_dataset])
-        self.bucket = session_bucket(s3)
-        self.prefix = f"galaxy-{self.id}"
-        self.kubeconfig = base / "kubeconfig"
-        self.kubeconfig.write_text(galaxy_stubs.KUBECONFIG)
-        self.api = kube.FakeKubernetesApi()
-        self.runner = self.new_runner()
-        self.wrapper = None
-        self.ajs = None
 
     def new_runner(self):
         runner = FerryKubernetesJobRunner(
             self.app, 1,
             k8s_config_path=str(self.kubeconfig),
+            **self.k8s_params(),
             ferry_url=f"s3://{self.bucket}/{self.prefix}",
             ferry_binary=str(podlib.FERRY),
             ferry_image=podlib.FERRY_IMAGE,
@@ -89,6 +94,10 @@ class GalaxyJob:
         runner.work_queue = queue.Queue()  # what start() creates, without worker threads
         runner._pykube_api.session.mount(galaxy_stubs.KUBE_SERVER, self.api)
         return runner
+
+    def k8s_params(self):
+        """Galaxy's own k8s_* runner parameters for this layout (none: Galaxy's defaults)."""
+        return {}
 
     def command(self, template):
         return template.format(input=self.input, metadata=self.input_metadata, extra=self.input_extra,
