@@ -171,8 +171,8 @@ def input_hda(store, dataset_id, hid, name, content=None, state="ok"):
     dataset.uuid = uuid.uuid4()
     hda = model.HistoryDatasetAssociation(id=dataset_id, hid=hid, name=name, extension="txt", dataset=dataset,
                                           create_dataset=False)
-    store.create(dataset)
     if content is not None:
+        store.create(dataset)
         with open(hda.get_file_name(), "w") as f:
             f.write(content)
     return hda
