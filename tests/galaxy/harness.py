@@ -79,8 +79,7 @@ class GalaxyJob:
             inputs=[self.input, self.input_metadata, self.input_extra], outputs=[self.output_dataset])
 
     def new_runner(self):
-        runner = FerryKubernetesJobRunner(
-            self.app, 1,
+        params = dict(
             k8s_config_path=str(self.kubeconfig),
             **self.k8s_params(),
             ferry_url=f"s3://{self.bucket}/{self.prefix}",
@@ -89,8 +88,8 @@ class GalaxyJob:
             ferry_sidecar="shared-pid",  # podman has no native sidecars
             ferry_env=self.s3.env(),
             ferry_collect_wait=20,
-            **self.extra_runner_params,
         )
+        runner = FerryKubernetesJobRunner(self.app, 1, **{**params, **self.extra_runner_params})
         runner.work_queue = queue.Queue()  # what start() creates, without worker threads
         runner._pykube_api.session.mount(galaxy_stubs.KUBE_SERVER, self.api)
         return runner
@@ -103,13 +102,14 @@ class GalaxyJob:
         return template.format(input=self.input, metadata=self.input_metadata, extra=self.input_extra,
                                output=self.output, tool_dir=self.tool_dir)
 
-    def queue(self, tool_command):
-        """Galaxy's handler hands the job to the runner (queue_job)."""
+    def queue(self, tool_command, wait=True):
+        """Galaxy's handler hands the job to the runner (queue_job); wait: until its stage has run."""
         self.wrapper = galaxy_stubs.JobWrapper(
             self.app.model.context.job, self.app, self.tool, self.destination, self.job_dir,
             self.command(tool_command), job_io=self.job_io)
         self.runner.queue_job(self.wrapper)  # Galaxy's worker thread hands it to the stage pool
-        assert self.runner.wait_for_transfers(timeout=120), "stage still running after 120 s"
+        if wait:
+            assert self.runner.wait_for_transfers(timeout=120), "stage still running after 120 s"
 
     def submit(self, tool_command):
         """queue(), which must create a Job; returns the Job as the runner POSTed it."""
