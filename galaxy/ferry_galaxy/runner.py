@@ -247,7 +247,10 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
             return spec
         if settings.service_account:
             spec["template"]["spec"]["serviceAccountName"] = settings.service_account
-        url = self._stage(ajs, settings, pod_mounts(spec))
+        mounts = pod_mounts(spec)
+        if settings.cache:  # inject mounts the node cache too: no root may swallow it
+            mounts.append(os.path.normpath(settings.cache.split(":", 1)[1]))
+        url = self._stage(ajs, settings, mounts)
         ajs.ferry_manifest_url = url
         return self._inject(url, spec, settings)
 
@@ -564,9 +567,13 @@ def reference_files(texts, roots):
     found = []
     for text in texts:
         for root in roots:
-            for m in re.finditer(re.escape(root) + r"/[^\s'\"`;|&<>(){}$,=]+", text):
-                named = os.path.normpath(m.group(0))
-                if not (named == root or named.startswith(root + "/")):
+            r = re.escape(root)
+            # Quoted (a path with spaces), then bare up to the shell's or JSON's punctuation.
+            quoted = re.finditer(rf"'({r}/[^'\n]+)'|\"({r}/[^\"\n]+)\"", text)
+            bare = re.finditer(rf"()({r}/[^\s'\"`;|&<>(){{}}$,=]+)", text)
+            for m in (*quoted, *bare):
+                named = os.path.normpath(m.group(1) or m.group(2))
+                if not named.startswith(root + "/"):
                     continue  # `..` left the root
                 found.extend(_with_siblings(named))
     return list(dict.fromkeys(found))

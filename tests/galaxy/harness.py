@@ -143,7 +143,7 @@ class GalaxyJob:
             if init_fails:
                 assert run.play_rc != 0, "kube play reports a failed init container"
             else:
-                assert run.play_rc == 0, p.play.stderr
+                assert run.play_rc == 0, p.play.stderr + "".join(p.logs(c) for c in p.init_names)
                 run.exit_codes = p.wait(timeout=timeout)
             for c in p.init_names + p.names:
                 run.logs[c] = p.logs(c)
