@@ -47,11 +47,14 @@ SIDECAR_SUFFIX = "ferry-sidecar"
 # Galaxy builds the Job spec in this private method (name-mangled); it is the one place that has the
 # AsynchronousJobState after the job script is written and whose result is POSTed unchanged.
 _SPEC_HOOK = "_KubernetesJobRunner__get_k8s_job_spec"
-if not callable(getattr(KubernetesJobRunner, _SPEC_HOOK, None)):
-    raise ImportError(
-        f"galaxy.jobs.runners.kubernetes.KubernetesJobRunner has no {_SPEC_HOOK}: ferry_galaxy was written "
-        "for Galaxy 26.1; check the runner against this Galaxy version"
-    )
+# Where Galaxy reads a failed pod (check_watched_item calls it): ferry adds its containers' reason.
+_FAILURE_HOOK = "_handle_job_failure"
+for _hook in (_SPEC_HOOK, _FAILURE_HOOK):
+    if not callable(getattr(KubernetesJobRunner, _hook, None)):
+        raise ImportError(
+            f"galaxy.jobs.runners.kubernetes.KubernetesJobRunner has no {_hook}: ferry_galaxy was written "
+            "for Galaxy 26.1; check the runner against this Galaxy version"
+        )
 
 
 class FerryError(Exception):
