@@ -78,3 +78,21 @@ def test_a_pod_mount_inside_the_job_directory_is_refused_before_anything_is_uplo
     assert outcome.call == "fail"
     assert f"{job.job_dir} holds staged files and contains {job.job_dir}/tmp" in outcome.message, outcome.message
     assert job.api.created == [] and keys_under(job, "") == [], "nothing uploaded, no Job created"
+
+
+def test_a_linked_dataset_whose_path_has_spaces_runs_beside_the_charts_mounts(s3, tmp_path):
+    job = HelmGalaxyJob(s3, tmp_path)
+    linked = tmp_path / "shared data/run 1/reads 1.fastq"  # a library dataset linked from a data directory
+    linked.parent.mkdir(parents=True)
+    linked.write_text("ggcc\n")
+    job.hda.dataset.external_filename = str(linked)
+    job.submit(f"tr a-z A-Z < '{linked}' > {{output}}")
+
+    assert [d["path"] for d in manifest_of(job)["inputs"]] == [str(linked)]
+    assert str(linked.parent) in [r["path"] for r in manifest_of(job)["roots"]]
+    run = job.run_pod(host_paths=job.host_paths())
+    assert run.exit_codes["k8s"] == 0, run.logs
+    outcome = job.complete()
+
+    assert (outcome.call, outcome.detected_state) == ("finish", DETECTED_JOB_STATE.OK)
+    assert job.output.read_text() == "GGCC\n"
