@@ -96,3 +96,34 @@ def test_a_linked_dataset_whose_path_has_spaces_runs_beside_the_charts_mounts(s3
 
     assert (outcome.call, outcome.detected_state) == ("finish", DETECTED_JOB_STATE.OK)
     assert job.output.read_text() == "GGCC\n"
+
+
+def test_the_helm_values_load_the_runner_and_drop_only_the_data_and_working_claims(tmp_path):
+    import importlib
+    from types import SimpleNamespace
+
+    import galaxy_stubs
+    from ferry_galaxy.runner import FerryKubernetesJobRunner
+    from galaxy.jobs.job_destination import JobDestination
+
+    values = yaml.safe_load((podlib.REPO / "galaxy/helm/values-ferry.yaml").read_text())
+    runner = dict(values["configs"]["job_conf.yml"]["runners"]["k8s"])
+    module, name = runner.pop("load").split(":")
+    assert getattr(importlib.import_module(module), name) is FerryKubernetesJobRunner
+    dropped = {k for k, v in runner.items() if v is None}
+    assert dropped == {"k8s_data_volume_claim", "k8s_working_volume_claim"}, "helm removes a key set to null"
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(galaxy_stubs.KUBECONFIG)
+    params = {k: v for k, v in runner.items() if v is not None}
+    loaded = FerryKubernetesJobRunner(galaxy_stubs.make_app(galaxy_stubs.new_job(1)), 1, k8s_config_path=str(kubeconfig),
+                                      **params)
+    assert loaded.runner_params["ferry_binary"] == "/usr/local/bin/ferry"
+    tpv = values["jobs"]["rules"]["tpv_rules_local.yml"]["destinations"]["k8s"]["params"]
+    disk = eval(f"f{tpv['ferry_disk']!r}", {}, {"input_size": 1.5})  # noqa: S307 (how TPV evaluates params)
+    wrapper = SimpleNamespace(job_destination=JobDestination(id="k8s", runner="k8s", params={"ferry_disk": disk}))
+    assert loaded.ferry_settings(wrapper).disk == 14 * (1 << 30)
+    containerfile = (podlib.REPO / "galaxy/helm/Containerfile").read_text()
+    for line in containerfile.splitlines():
+        if line.startswith("COPY galaxy/"):
+            for source in line.split()[1:-1]:
+                assert (podlib.REPO / source).exists(), f"Containerfile copies {source}, which is not in the repo"
