@@ -101,3 +101,19 @@ def test_disk_is_sized_for_outputs_larger_than_the_inputs(s3, tmp_path):
 
     assert (outcome.call, outcome.detected_state) == ("finish", DETECTED_JOB_STATE.OK)
     assert Path(job.output).stat().st_size == 40 * MIB > staged
+
+
+def test_a_failing_sidecar_reaches_galaxy_as_ferrys_line_in_the_job_info(s3, tmp_path):
+    job = GalaxyJob(s3, tmp_path)
+    # The tool leaves an output ferry cannot read (ferry never runs as root): the upload fails.
+    job.submit("echo secret > {output}; chmod 000 {output}")
+
+    pod = job.run_pod()
+    sidecar = next(s for s in pod.pod["status"]["containerStatuses"] if s["name"].endswith("ferry-sidecar"))
+    assert sidecar["state"]["terminated"]["exitCode"] != 0, pod.logs
+    outcome = job.complete()
+
+    assert outcome.call == "fail"
+    prefix = "ferry could not send the job's results to S3 (ferry-sidecar): "
+    assert outcome.message.startswith(prefix), outcome.message
+    assert str(job.output) in outcome.message and "\n" not in outcome.message, outcome.message
