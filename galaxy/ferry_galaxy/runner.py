@@ -357,7 +357,7 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
 
     def _handle_job_failure(self, k8s_job, job_state):
         """Galaxy's reading of a failed pod, then ferry's own: when ferry's init container or sidecar
-        failed, its error line becomes the job's message and stderr (the tool's stderr if it never ran)."""
+        failed, its error line becomes the job's message and, as nothing can be collected, its stderr."""
         mark_failed = super()._handle_job_failure(k8s_job, job_state)
         failure = self._ferry_container_failure(job_state)
         if failure is None:
@@ -370,7 +370,8 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         with open(job_state.error_file, "a") as f:
             f.write(f"{job_state.fail_message}\n")
         stderr = os.path.join(job_state.job_wrapper.working_directory, "outputs", "tool_stderr")
-        if container == INIT_NAME and os.path.isdir(os.path.dirname(stderr)) and not (os.path.exists(stderr) and os.path.getsize(stderr)):
+        # Nothing comes back from a pod whose ferry failed (no done.json): the line is the stderr Galaxy shows.
+        if os.path.isdir(os.path.dirname(stderr)) and not (os.path.exists(stderr) and os.path.getsize(stderr)):
             with open(stderr, "a") as f:
                 f.write(f"{job_state.fail_message}\n")
         return True

@@ -117,3 +117,5 @@ def test_a_failing_sidecar_reaches_galaxy_as_ferrys_line_in_the_job_info(s3, tmp
     prefix = "ferry could not send the job's results to S3 (ferry-sidecar): "
     assert outcome.message.startswith(prefix), outcome.message
     assert str(job.output) in outcome.message and "\n" not in outcome.message, outcome.message
+    assert outcome.tool_stderr == f"{outcome.message}\n"
+    assert getattr(job.ajs, "ferry_collect", None) is None, "no done.json will come: collect is not waited for"
