@@ -125,13 +125,15 @@ FERRY_PARAM_SPECS = dict(
     # Seconds `ferry collect` waits for the pod's done.json once Kubernetes reports the Job ended.
     ferry_collect_wait=dict(map=int, valid=lambda x: int(x) >= 0, default=60),
     # Passed to `ferry collect --link-outputs-under` when set (outputs become symlinks into an S3 mount).
-    ferry_link_outputs_under=dict(map=str, default=None),
+    ferry_link_outputs_under=dict(map=str, valid=lambda s: s is None or str(s).startswith("/"), default=None),
     # Reference data staged for every job of the destination (ferry stage --index): a list or comma-separated paths.
-    ferry_index_paths=dict(map=path_list, default=[]),
+    ferry_index_paths=dict(map=path_list, valid=lambda ps: all(p.startswith("/") for p in ps), default=[]),
     # Directories of reference data (data tables, .loc files point into them): each file the job's command
     # line or config files name under one of them is staged, with its siblings of the same name prefix
     # (hg38.fa -> hg38.fa.amb, hg38.fa.bwt, ...), and nothing else.
-    ferry_reference_roots=dict(map=path_list, default=[]),
+    ferry_reference_roots=dict(
+        map=path_list, valid=lambda ps: all(p.startswith("/") and os.path.normpath(p) != "/" for p in ps), default=[]
+    ),
     # Stage the tool's directory (scripts next to the tool XML) as reference data (unless the pod mounts it).
     ferry_stage_tool_directory=dict(map=asbool, default=True),
     # serviceAccountName of the job pods (Galaxy's runner sets none): the account IRSA / Pod Identity maps
@@ -534,7 +536,8 @@ def input_paths(job_io):
         dataset = getattr(ds, "dataset", None)
         if dataset is not None and dataset.state == model.Dataset.states.DEFERRED:
             continue
-        what = f"input dataset {getattr(ds, 'hid', '?')} ({getattr(ds, 'name', None)!r}, dataset id {getattr(dataset, 'id', '?')})"
+        hid, name, dataset_id = getattr(ds, "hid", "?"), getattr(ds, "name", None), getattr(dataset, "id", "?")
+        what = f"input dataset {hid} ({name!r}, dataset id {dataset_id})"
         for path in job_io.get_input_dataset_fnames(ds):
             yield _existing(path, what)
 

@@ -61,6 +61,10 @@ def test_a_destination_can_opt_a_tool_out_of_ferry(s3, tmp_path):
     ("ferry_url", "https://bucket", "ferry_url 'https://bucket': not a valid value"),
     ("ferry_cache", "/var/cache/ferry", "is not hostpath:/ABSOLUTE/DIR"),
     ("ferry_env", "[a, b]", "expected a mapping of NAME: VALUE"),
+    ("ferry_reference_roots", "refs,/galaxy/refs", "ferry_reference_roots 'refs,/galaxy/refs': not a valid value"),
+    ("ferry_reference_roots", "/", "ferry_reference_roots '/': not a valid value"),
+    ("ferry_index_paths", "tool-data/x.loc", "not a valid value"),
+    ("ferry_enabled", "maybe", "ferry_enabled 'maybe'"),
 ])
 def test_a_bad_destination_value_fails_the_job_before_anything_is_uploaded_naming_it(s3, tmp_path, param, value,
                                                                                      says):

@@ -115,8 +115,8 @@ def test_the_helm_values_load_the_runner_and_drop_only_the_data_and_working_clai
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(galaxy_stubs.KUBECONFIG)
     params = {k: v for k, v in runner.items() if v is not None}
-    loaded = FerryKubernetesJobRunner(galaxy_stubs.make_app(galaxy_stubs.new_job(1)), 1, k8s_config_path=str(kubeconfig),
-                                      **params)
+    app = galaxy_stubs.make_app(galaxy_stubs.new_job(1))
+    loaded = FerryKubernetesJobRunner(app, 1, k8s_config_path=str(kubeconfig), **params)
     assert loaded.runner_params["ferry_binary"] == "/usr/local/bin/ferry"
     tpv = values["jobs"]["rules"]["tpv_rules_local.yml"]["destinations"]["k8s"]["params"]
     disk = eval(f"f{tpv['ferry_disk']!r}", {}, {"input_size": 1.5})  # noqa: S307 (how TPV evaluates params)
