@@ -127,13 +127,15 @@ class GalaxyJob:
         self.runner.recover(self.wrapper.get_job(), self.wrapper)
         self.ajs = self.runner.monitor_queue.get_nowait()
 
-    def run_pod(self, timeout=60, init_fails=False, host_paths=None):
+    def run_pod(self, timeout=60, init_fails=False, host_paths=None, pod_changes=None):
         """The Job's pod, run to its end by podman; always removed. ``host_paths``: {claimName: directory}
         for the Job's persistentVolumeClaim volumes (podman has no PVCs), see ``claims_as_host_paths``."""
         name = f"gxy-{self.id}-{uuid.uuid4().hex[:6]}"
         pod = podlib.for_podman(podlib.pod_from_job(self.api.created[-1], name))
         if host_paths:
             claims_as_host_paths(pod, host_paths)
+        if pod_changes:
+            pod_changes(pod)
         pod_yaml = self.base / f"{name}.yaml"
         pod_yaml.write_text(yaml.safe_dump(pod))
         p = podlib.Pod(pod_yaml)

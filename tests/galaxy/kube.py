@@ -135,8 +135,11 @@ def pod_status(pod, name):
             code = state["ExitCode"]
             reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
             terminated = {"exitCode": code, "reason": reason}
-            if code != 0 and c.get("terminationMessagePolicy") == "FallbackToLogsOnError":
-                terminated["message"] = _log_tail(f"{name}-{c['name']}")
+            message = _termination_file(pod, c)
+            if not message and code != 0 and c.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+                message = _log_tail(f"{name}-{c['name']}")
+            if message:
+                terminated["message"] = message
             out.append({"name": c["name"], "state": {"terminated": terminated}})
         return out
 
@@ -149,6 +152,17 @@ def pod_status(pod, name):
         "initContainerStatuses": inits,
         "containerStatuses": containers,
     }}
+
+
+def _termination_file(pod, container):
+    """The container's termination-message file, as the kubelet reads it (at most 4096 bytes): podman has
+    none, so a test mounts a hostPath file at /dev/termination-log (the default terminationMessagePath)."""
+    hosts = {v["name"]: v["hostPath"]["path"] for v in pod["spec"].get("volumes", []) if "hostPath" in v}
+    for m in container.get("volumeMounts", []):
+        if m["mountPath"] == container.get("terminationMessagePath", "/dev/termination-log") and m["name"] in hosts:
+            with open(hosts[m["name"]], errors="replace") as f:
+                return f.read(4096)
+    return ""
 
 
 def _log_tail(container):

@@ -67,9 +67,23 @@ def test_a_failing_init_container_reaches_galaxy_as_ferrys_line_in_info_and_stde
     job.submit("cat {input}")
     s3.client().delete_object(Bucket=job.bucket, Key=f"{job.prefix}/data{job.input}")  # e.g. a lifecycle rule
 
-    pod = job.run_pod(init_fails=True)
+    # The kubelet gives each container a termination-log file; podman does not: mount one, as a hostPath.
+    termination_log = tmp_path / "ferry-init.termination-log"
+    termination_log.touch()
+    termination_log.chmod(0o666)
+
+    def with_termination_log(pod):
+        pod["spec"]["volumes"].append(
+            {"name": "termlog", "hostPath": {"path": str(termination_log), "type": "File"}})
+        init = next(c for c in pod["spec"]["initContainers"] if c["name"] == "ferry-init")
+        init["volumeMounts"].append({"name": "termlog", "mountPath": "/dev/termination-log"})
+
+    pod = job.run_pod(init_fails=True, pod_changes=with_termination_log)
     init = next(s for s in pod.pod["status"]["initContainerStatuses"] if s["name"] == "ferry-init")
     assert init["state"]["terminated"]["exitCode"] != 0
+    written = termination_log.read_text()
+    assert written.startswith("ferry: ") and written.count("\n") == 1, f"one line from ferry: {written!r}"
+    assert init["state"]["terminated"]["message"] == written
     outcome = job.complete()
 
     assert outcome.call == "fail"
@@ -78,6 +92,7 @@ def test_a_failing_init_container_reaches_galaxy_as_ferrys_line_in_info_and_stde
     line = outcome.message[len(prefix):]
     assert f"{job.prefix}/data{job.input}" in line and "not found" in line and "\n" not in line, line
     assert outcome.tool_stderr == f"{outcome.message}\n", "the tool never ran: its stderr is ferry's line"
+    assert line == written[len("ferry: "):].strip(), "Galaxy shows exactly the line ferry wrote"
     assert not hasattr(job.ajs, "ferry_collect") or job.ajs.ferry_collect is None, "nothing to collect"
     assert job.ajs.runner_state != JobState.runner_states.MEMORY_LIMIT_REACHED
 
