@@ -61,6 +61,10 @@ class FerryError(Exception):
     """A ferry command failed; the message names the command and its error."""
 
 
+class JobGone(Exception):
+    """The job left the queued state (the user deleted or stopped it) while ferry staged it."""
+
+
 def env_mapping(value: Union[None, str, dict]) -> dict[str, str]:
     """Environment variables from a job_conf mapping or a YAML/JSON mapping string; booleans as true/false."""
     if value is None or value == "":
@@ -239,6 +243,11 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         except FerryError as e:
             log.error("(%s) ferry could not prepare the job: %s", job_wrapper.get_id_tag(), e)
             job_wrapper.fail(f"Could not stage the job's files to S3: {e}")
+        except JobGone as e:
+            # As Galaxy's prepare_job does for a job deleted before it ran: no Kubernetes Job, no failure.
+            log.info("(%s) %s: no Kubernetes Job created", job_wrapper.get_id_tag(), e)
+            if job_wrapper.cleanup_job in ("always", "onsuccess"):
+                job_wrapper.cleanup()
 
     def _KubernetesJobRunner__get_k8s_job_spec(self, ajs):
         """Galaxy's Job spec, after `ferry stage` of the job, with ferry's containers and volumes injected.
@@ -256,6 +265,9 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         if settings.cache:  # inject mounts the node cache too: no root may swallow it
             mounts.append(os.path.normpath(settings.cache.split(":", 1)[1]))
         url = self._stage(ajs, settings, mounts)
+        state = ajs.job_wrapper.get_state()
+        if state != model.Job.states.QUEUED:  # deleted or stopped while it was staged
+            raise JobGone(f"the job became {state} while ferry staged it")
         ajs.ferry_manifest_url = url
         return self._inject(url, spec, settings)
 

@@ -79,3 +79,20 @@ def test_more_jobs_than_threads_queue_while_a_finished_job_is_checked_and_collec
     assert len(first.api.created) == 1 + threads + 3, "every waiting job was staged and created"
     assert all(not job.wrapper.outcomes for job in waiting), [job.wrapper.outcomes for job in waiting]
     assert os.path.exists(gate_dir / "gate")
+
+
+def test_a_job_deleted_while_it_is_staged_gets_no_kubernetes_job(s3, tmp_path):
+    from galaxy import model
+
+    gate_dir = tmp_path / "gate"
+    gate_dir.mkdir()
+    job = GalaxyJob(s3, tmp_path / "job", runner_params={"ferry_binary": str(gated_ferry(gate_dir))})
+    job.queue("true", wait=False)
+    wait_until(lambda: started(gate_dir), "the stage started")
+
+    job.wrapper.get_job().state = model.Job.states.DELETED  # the user deletes the job meanwhile
+    (gate_dir / "gate").touch()
+    assert job.runner.wait_for_transfers(timeout=120)
+
+    assert job.api.created == [], "no pod for a deleted job"
+    assert job.wrapper.outcomes == [], "not failed either: it is deleted"
