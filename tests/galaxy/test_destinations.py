@@ -143,7 +143,9 @@ def test_the_tpv_example_gives_settings_the_runner_accepts(s3, tmp_path):
     assert bwa.reference_roots == ["/galaxy/server/database/refs"]
     other = settings("k8s", "cat1")
     assert other.disk == (int(2.5 * 3) + 10) * GIB and other.reference_roots == []
-    assert settings("k8s", "toolshed.g2.bx.psu.edu/repos/iuc/data_manager_fetch_genome/x").enabled is False
+    assert settings("k8s_shared", "toolshed.g2.bx.psu.edu/repos/iuc/data_manager_fetch_genome/x").enabled is False
+    assert conf["tools"][".*data_manager.*"]["scheduling"]["require"] == \
+        conf["destinations"]["k8s_shared"]["scheduling"]["require"], "data managers go to the shared destination"
     eu = settings("k8s_eu", "cat1")
     assert eu.url == "s3://galaxy-ferry-eu/main" and eu.env == {"AWS_REGION": "eu-central-1"}
     unitless = JobDestination(id="k8s", runner="k8s", params={"ferry_disk": tpv_evaluate("{input_size}", context)})
