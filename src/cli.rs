@@ -134,6 +134,12 @@ pub struct InjectArgs {
     /// needs a hostPath volume, which the `restricted` Pod Security profile does not allow.
     #[arg(long, value_name = "hostpath:PATH")]
     pub cache: Option<String>,
+    /// Space the job writes besides the staged files (outputs, temporary files), e.g. 20GiB. Each
+    /// emptyDir's sizeLimit becomes its staged bytes + DISK, and the first tool container requests
+    /// (and is limited to) all staged bytes + DISK of `ephemeral-storage`. Default: the staged
+    /// bytes + 1GiB (outputs as large as the inputs, plus 1 GiB).
+    #[arg(long, value_name = "BYTES")]
+    pub disk: Option<ByteSize>,
 }
 
 #[derive(Args, Debug)]
@@ -163,6 +169,11 @@ pub struct StageArgs {
     /// the workdir and the datasets' parent directories.
     #[arg(long = "mount-root")]
     pub mount_roots: Vec<PathBuf>,
+    /// A path the pod already mounts (a PVC, CVMFS, a hostPath; repeatable): no root may contain
+    /// it (checked before anything is uploaded), default roots are split around it, and `--index`
+    /// paths under it are not staged (the pod reads them from its mount).
+    #[arg(long = "pod-mount", value_name = "PATH")]
+    pub pod_mounts: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]

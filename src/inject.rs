@@ -75,6 +75,8 @@ pub struct Options<'a> {
     pub entrypoint: &'a [String],
     /// The node-local cache's path on the node and in every container (`--cache hostpath:PATH`).
     pub cache: Option<&'a str>,
+    /// Bytes the job writes besides the staged files (`--disk`); None: see [`work_space`].
+    pub disk: Option<u64>,
 }
 
 pub async fn run(args: &InjectArgs) -> Result<String> {
@@ -90,6 +92,7 @@ pub async fn run(args: &InjectArgs) -> Result<String> {
         wrap: args.wrap,
         entrypoint: &args.entrypoint,
         cache: cache.as_deref(),
+        disk: args.disk.map(|d| d.0),
     };
     inject(&input, &manifest, &opts)
 }
@@ -384,7 +387,8 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
         })
         .collect();
     let volumes = manifest.roots.iter().zip(&names).map(|(r, n)| {
-        let empty_dir = map([("sizeLimit", quantity(size_limit(r.bytes)).into())]);
+        let limit = r.bytes.saturating_add(work_space(manifest, opts.disk));
+        let empty_dir = map([("sizeLimit", quantity(round_up_mib(limit)).into())]);
         map([("name", n.as_str().into()), ("emptyDir", empty_dir)])
     });
     seq_mut(spec, "volumes", None)?.extend(volumes);
@@ -510,7 +514,93 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
     if let Some(vols) = spec.get_mut("volumes") {
         fix_octal_modes(vols);
     }
+    request_ephemeral_storage(spec, manifest, opts.disk)
+}
+
+/// Bytes the job may write besides what is staged: `--disk`, else the staged bytes + 1 GiB
+/// (outputs as large as the inputs, plus 1 GiB).
+pub fn work_space(manifest: &Manifest, disk: Option<u64>) -> u64 {
+    disk.unwrap_or_else(|| staged_bytes(manifest).saturating_add(GIB))
+}
+
+fn staged_bytes(manifest: &Manifest) -> u64 {
+    manifest.roots.iter().map(|r| r.bytes).sum()
+}
+
+/// The first tool container requests, and is limited to, the pod's whole disk: the staged bytes
+/// plus [`work_space`], as `ephemeral-storage` (emptyDirs count against it), so the scheduler
+/// places the pod on a node with that much free and the kubelet never evicts it below that. A
+/// larger request or limit the container already has is kept.
+fn request_ephemeral_storage(
+    spec: &mut Mapping,
+    manifest: &Manifest,
+    disk: Option<u64>,
+) -> Result<()> {
+    let total = round_up_mib(staged_bytes(manifest).saturating_add(work_space(manifest, disk)));
+    let Some(tool) = spec
+        .get_mut("containers")
+        .and_then(Value::as_sequence_mut)
+        .and_then(|cs| {
+            cs.iter_mut()
+                .find(|c| !name_of(c).is_some_and(is_ferry_container))
+        })
+        .and_then(Value::as_mapping_mut)
+    else {
+        return Ok(());
+    };
+    let resources = tool
+        .entry("resources".into())
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    if resources.is_null() {
+        *resources = Value::Mapping(Mapping::new());
+    }
+    let resources = resources
+        .as_mapping_mut()
+        .ok_or_else(|| Error::Yaml("the tool container's `resources` is not a mapping".into()))?;
+    for kind in ["requests", "limits"] {
+        let m = resources
+            .entry(kind.into())
+            .or_insert_with(|| Value::Mapping(Mapping::new()));
+        if m.is_null() {
+            *m = Value::Mapping(Mapping::new());
+        }
+        let m = m.as_mapping_mut().ok_or_else(|| {
+            Error::Yaml(format!(
+                "the tool container's `resources.{kind}` is not a mapping"
+            ))
+        })?;
+        let keep = m
+            .get("ephemeral-storage")
+            .and_then(parse_quantity)
+            .is_some_and(|b| b >= total);
+        if !keep {
+            m.insert("ephemeral-storage".into(), quantity(total).into());
+        }
+    }
     Ok(())
+}
+
+/// A Kubernetes quantity in bytes (`20Gi`, `500M`, `1073741824`); None if not understood.
+fn parse_quantity(v: &Value) -> Option<u64> {
+    if let Some(n) = v.as_u64() {
+        return Some(n);
+    }
+    let s = v.as_str()?.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let mult: u64 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => MIB,
+        "Gi" => GIB,
+        "Ti" => 1 << 40,
+        "k" => 1000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        _ => return None,
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 /// `initContainers`, `volumes`…: the sequence at `key`, created (before `before`, if that key
@@ -877,6 +967,12 @@ fn ferry_container(
         ("seccompProfile", map([("type", "RuntimeDefault".into())])),
     ]);
     c.insert("securityContext".into(), security);
+    // A failed ferry container's status carries its error line (`/dev/termination-log`, else the
+    // end of its log), which the Galaxy runner shows the user.
+    c.insert(
+        "terminationMessagePolicy".into(),
+        "FallbackToLogsOnError".into(),
+    );
     c.insert("volumeMounts".into(), Value::Sequence(mounts.to_vec()));
     Value::Mapping(c)
 }
@@ -897,15 +993,9 @@ fn memory_limit(extra: &[(String, String)]) -> Result<u64> {
     Ok(buffers.saturating_add(MEMORY_OVERHEAD))
 }
 
-/// emptyDir size: twice the staged bytes (outputs are often as large as the inputs) plus 1 GiB,
-/// rounded up to whole MiB.
-pub fn size_limit(bytes: u64) -> u64 {
-    bytes
-        .saturating_mul(2)
-        .saturating_add(GIB)
-        .div_ceil(MIB)
-        .min(u64::MAX / MIB)
-        * MIB
+/// Rounded up to whole MiB (saturating).
+pub fn round_up_mib(bytes: u64) -> u64 {
+    bytes.div_ceil(MIB).min(u64::MAX / MIB) * MIB
 }
 
 /// A Kubernetes quantity: `3Gi`, `1025Mi`, or plain bytes.
@@ -986,6 +1076,7 @@ mod tests {
             wrap: false,
             entrypoint: &[],
             cache: None,
+            disk: None,
         }
     }
 
@@ -1300,9 +1391,13 @@ spec:
         assert_eq!(a["securityContext"], b["securityContext"]);
         assert_eq!(a["volumes"][0], b["volumes"][0]);
         let (bt, at) = (&b["containers"][0], &a["containers"][0]);
-        for key in ["name", "image", "command", "workingDir", "env", "resources"] {
+        for key in ["name", "image", "command", "workingDir", "env"] {
             assert_eq!(at[key], bt[key], "{key}");
         }
+        assert_eq!(
+            at["resources"]["limits"]["memory"],
+            bt["resources"]["limits"]["memory"]
+        );
         assert_eq!(at["volumeMounts"][0], bt["volumeMounts"][0]);
         assert!(at.get("securityContext").is_none());
         // Key order is the input's, ours after it.
@@ -1621,11 +1716,11 @@ spec:
 
     #[test]
     fn sizes_are_kubernetes_quantities() {
-        assert_eq!(quantity(size_limit(GIB)), "3Gi");
-        assert_eq!(quantity(size_limit(0)), "1Gi");
+        assert_eq!(quantity(round_up_mib(3 * GIB)), "3Gi");
+        assert_eq!(quantity(round_up_mib(1)), "1Mi");
         assert_eq!(quantity(512 * MIB), "512Mi");
         assert_eq!(quantity(1000), "1000");
-        assert_eq!(size_limit(u64::MAX) % MIB, 0);
+        assert_eq!(round_up_mib(u64::MAX) % MIB, 0);
     }
 
     fn wrapping(entrypoint: &[String]) -> Options<'_> {
@@ -1674,7 +1769,14 @@ spec:
             .collect();
         assert_eq!(
             keys,
-            ["name", "image", "command", "workingDir", "volumeMounts"]
+            [
+                "name",
+                "image",
+                "command",
+                "workingDir",
+                "volumeMounts",
+                "resources"
+            ]
         );
     }
 
@@ -1736,7 +1838,14 @@ spec:
             .collect();
         assert_eq!(
             keys,
-            ["name", "image", "command", "workingDir", "volumeMounts"]
+            [
+                "name",
+                "image",
+                "command",
+                "workingDir",
+                "volumeMounts",
+                "resources"
+            ]
         );
         // A command in the YAML wins over --entrypoint, as over the image's ENTRYPOINT.
         let out: Value = yaml(&inject(GENERIC, &sample(), &wrapping(&entrypoint)).unwrap());
@@ -1857,5 +1966,90 @@ spec:
             spec(&out)["volumes"][1]["configMap"]["defaultMode"].as_i64(),
             Some(0o644)
         );
+    }
+
+    #[test]
+    fn disk_sizes_every_emptydir_and_the_tool_containers_ephemeral_storage() {
+        let m = sample();
+        let staged: u64 = m.roots.iter().map(|r| r.bytes).sum();
+        let o = Options {
+            disk: Some(20 * GIB),
+            ..opts(SidecarKind::Native)
+        };
+        let v = run_with(JOB, &m, &o);
+        let s = spec(&v);
+        for (vol, r) in s["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter(|v| v.get("emptyDir").is_some() && !is_ferry_bin(v))
+            .zip(&m.roots)
+        {
+            let want = quantity(round_up_mib(r.bytes + 20 * GIB));
+            assert_eq!(vol["emptyDir"]["sizeLimit"].as_str(), Some(want.as_str()));
+        }
+        let want = quantity(round_up_mib(staged + 20 * GIB));
+        let tool = &s["containers"][0];
+        for kind in ["requests", "limits"] {
+            assert_eq!(
+                tool["resources"][kind]["ephemeral-storage"].as_str(),
+                Some(want.as_str()),
+                "{kind}"
+            );
+        }
+        assert_eq!(tool["resources"]["limits"]["memory"].as_str(), Some("4Gi"));
+        let again = inject(&serde_yaml_ng::to_string(&v).unwrap(), &m, &o).unwrap();
+        assert_eq!(yaml(&again), v, "injecting twice equals injecting once");
+    }
+
+    #[test]
+    fn without_disk_the_work_space_is_the_staged_bytes_plus_one_gib() {
+        let m = sample();
+        let staged: u64 = m.roots.iter().map(|r| r.bytes).sum();
+        assert_eq!(work_space(&m, None), staged + GIB);
+        let v = run_with(JOB, &m, &opts(SidecarKind::Native));
+        let want = quantity(round_up_mib(2 * staged + GIB));
+        assert_eq!(
+            spec(&v)["containers"][0]["resources"]["requests"]["ephemeral-storage"].as_str(),
+            Some(want.as_str())
+        );
+    }
+
+    #[test]
+    fn a_larger_ephemeral_storage_the_tool_asks_for_is_kept() {
+        let job = JOB.replace(
+            "memory: 4Gi",
+            "memory: 4Gi\n            ephemeral-storage: 900Gi",
+        );
+        assert!(job.contains("900Gi"), "the sample job changed: {job}");
+        let v = run_with(&job, &sample(), &opts(SidecarKind::Native));
+        let r = &spec(&v)["containers"][0]["resources"];
+        assert_eq!(r["limits"]["ephemeral-storage"].as_str(), Some("900Gi"));
+        assert_eq!(parse_quantity(&"20G".into()), Some(20_000_000_000));
+        assert_eq!(parse_quantity(&"lots".into()), None);
+    }
+
+    #[test]
+    fn ferry_containers_report_their_error_line_as_termination_message() {
+        let v = run(JOB, SidecarKind::Native);
+        for c in spec(&v)["initContainers"].as_sequence().unwrap() {
+            assert_eq!(
+                c["terminationMessagePolicy"].as_str(),
+                Some("FallbackToLogsOnError")
+            );
+        }
+        assert!(
+            spec(&v)["containers"][0]
+                .get("terminationMessagePolicy")
+                .is_none()
+        );
+    }
+
+    fn run_with(input: &str, m: &Manifest, o: &Options) -> Value {
+        yaml(&inject(input, m, o).unwrap())
+    }
+
+    fn is_ferry_bin(v: &Value) -> bool {
+        name_of(v).is_some_and(|n| n.ends_with("-bin"))
     }
 }

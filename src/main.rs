@@ -1,9 +1,10 @@
 use clap::Parser;
-use ferry::cli::Cli;
+use ferry::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     ferry::init_logging(cli.log_format);
+    let in_pod = matches!(cli.command, Command::Init(_) | Command::Sidecar(_));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -23,7 +24,21 @@ fn main() -> std::process::ExitCode {
         }
         Err(e) => {
             tracing::error!("{e}");
+            if in_pod {
+                termination_message(&e.to_string());
+            }
             std::process::ExitCode::from(e.exit_code().code())
         }
+    }
+}
+
+/// Kubernetes' termination message of ferry's containers (`terminationMessagePath`, a file the
+/// kubelet mounts): the error as one line, which the container's status then carries. Absent
+/// outside Kubernetes; nothing is written then.
+fn termination_message(line: &str) {
+    const PATH: &str = "/dev/termination-log";
+    if std::path::Path::new(PATH).is_file() {
+        let line: String = line.lines().collect::<Vec<_>>().join(" ");
+        let _ = std::fs::write(PATH, format!("ferry: {line}\n"));
     }
 }

@@ -9,6 +9,7 @@ use crate::manifest::{self, Dataset, Entry, Kind, Manifest, Output, Root, Workdi
 use crate::store::Store;
 use crate::transfer::{self, Upload};
 use crate::tree;
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<Str
         abs_all(&a.outputs)?,
         abs_all(&a.indices)?,
     );
+    let pod_mounts = abs_all(&a.pod_mounts)?;
+    let indices = left_to_pod_mounts(indices, &pod_mounts);
 
     tracing::info!(job = %a.job_id, "stage: reading {workdir} and {} inputs, {} indices", inputs.len(), indices.len());
     let datasets_in = |paths: &[String], key: fn(&str, &str) -> String| {
@@ -74,12 +77,11 @@ pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<Str
         .collect();
 
     let roots = if a.mount_roots.is_empty() {
-        derive_roots(&workdir, &inputs, &indices, &outputs, &ec)?
+        derive_roots(&workdir, &inputs, &indices, &outputs, &ec, &pod_mounts)?
     } else {
-        a.mount_roots
-            .iter()
-            .map(|p| absolute(p))
-            .collect::<Result<Vec<_>>>()?
+        let roots = abs_all(&a.mount_roots)?;
+        check_pod_mounts(&roots, &pod_mounts)?;
+        roots
     };
     let mut roots: Vec<Root> = roots
         .into_iter()
@@ -224,14 +226,46 @@ pub fn dataset(path: &str, key: &str) -> Result<Dataset> {
     })
 }
 
-/// Default mount roots: the workdir and the datasets' directories, grouped by their first two
-/// path components and reduced to each group's deepest common ancestor; nested roots merged.
+/// `--index` paths the pod reads from one of its own mounts (`--pod-mount`) are not staged.
+fn left_to_pod_mounts(indices: Vec<String>, pod_mounts: &[String]) -> Vec<String> {
+    indices
+        .into_iter()
+        .filter(|p| match pod_mounts.iter().find(|m| is_within(p, m)) {
+            Some(m) => {
+                tracing::info!("stage: {p} is under {m}, which the pod mounts: not staged");
+                false
+            }
+            None => true,
+        })
+        .collect()
+}
+
+/// Refuses a root that contains a path the pod mounts: the root's emptyDir would hide the mount
+/// (or `inject` would refuse the pod), so this is checked before anything is uploaded.
+fn check_pod_mounts(roots: &[String], pod_mounts: &[String]) -> Result<()> {
+    for r in roots {
+        if let Some(m) = pod_mounts.iter().find(|m| is_within(m, r)) {
+            return Err(Error::Config(format!(
+                "mount root {r} contains {m}, which the pod mounts (--pod-mount): its emptyDir would \
+                 hide that mount; choose mount roots beside it"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Default mount roots: the directories that hold what is staged (the workdir, each dataset's
+/// directory, each output's directory outside the workdir), grouped by their first two path
+/// components; each group becomes its deepest common ancestor, unless that ancestor contains a
+/// path the pod already mounts (`pod_mounts`): then the group is split one level below it, again
+/// and again, so no root ever swallows a pod mount. Nested roots are merged.
 pub fn derive_roots(
     workdir: &str,
     inputs: &[Dataset],
     indices: &[Dataset],
     outputs: &[Output],
     ec: &str,
+    pod_mounts: &[String],
 ) -> Result<Vec<String>> {
     let parent = |p: &str| -> Result<String> {
         match p.rfind('/') {
@@ -255,14 +289,14 @@ pub fn derive_roots(
         }
     }
     let group = |p: &str| p.split('/').take(3).collect::<Vec<_>>().join("/");
-    let mut groups: Vec<(String, String)> = Vec::new(); // (group, common ancestor)
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for d in dirs {
-        match groups.iter_mut().find(|(g, _)| *g == group(&d)) {
-            Some((_, anc)) => *anc = common_ancestor(anc, &d),
-            None => groups.push((group(&d), d)),
-        }
+        groups.entry(group(&d)).or_default().push(d);
     }
-    let mut roots: Vec<String> = groups.into_iter().map(|(_, a)| a).collect();
+    let mut roots = Vec::new();
+    for dirs in groups.values() {
+        cover(dirs, pod_mounts, &mut roots)?;
+    }
     roots.sort_by_key(|r| r.len());
     let mut out: Vec<String> = Vec::new();
     for r in roots {
@@ -271,6 +305,34 @@ pub fn derive_roots(
         }
     }
     Ok(out)
+}
+
+/// Pushes the deepest common ancestor of `dirs` (all in one group, never empty), or, when it
+/// contains a pod mount, covers each of its subdirectories that holds some of `dirs` apart.
+fn cover(dirs: &[String], pod_mounts: &[String], out: &mut Vec<String>) -> Result<()> {
+    let anc = dirs
+        .iter()
+        .skip(1)
+        .fold(dirs[0].clone(), |a, d| common_ancestor(&a, d));
+    let Some(m) = pod_mounts.iter().find(|m| is_within(m, &anc)) else {
+        out.push(anc);
+        return Ok(());
+    };
+    if dirs.contains(&anc) {
+        return Err(Error::Config(format!(
+            "{anc} holds staged files and contains {m}, which the pod mounts (--pod-mount): its \
+             emptyDir would hide that mount; move the mount or the job's files apart"
+        )));
+    }
+    let mut below: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for d in dirs {
+        let child = d[anc.len() + 1..].split('/').next().unwrap_or_default();
+        below.entry(child).or_default().push(d.clone());
+    }
+    for dirs in below.values() {
+        cover(dirs, pod_mounts, out)?;
+    }
+    Ok(())
 }
 
 fn common_ancestor(a: &str, b: &str) -> String {
@@ -316,6 +378,7 @@ mod tests {
             &[],
             &outputs,
             "/galaxy/jobs/000/42/galaxy_42.ec",
+            &[],
         )
         .unwrap();
         assert_eq!(roots, vec!["/galaxy/files", "/galaxy/jobs/000/42"]);
@@ -324,13 +387,113 @@ mod tests {
     #[test]
     fn a_dataset_inside_the_workdir_adds_no_root() {
         let inputs = [file("/w/job/in.txt")];
-        let roots = derive_roots("/w/job", &inputs, &[], &[], "/w/job/x.ec").unwrap();
+        let roots = derive_roots("/w/job", &inputs, &[], &[], "/w/job/x.ec", &[]).unwrap();
         assert_eq!(roots, vec!["/w/job"]);
     }
 
     #[test]
     fn a_dataset_directly_under_slash_needs_an_explicit_root() {
-        let e = derive_roots("/w/job", &[file("/in.txt")], &[], &[], "/w/job/x.ec").unwrap_err();
+        let e =
+            derive_roots("/w/job", &[file("/in.txt")], &[], &[], "/w/job/x.ec", &[]).unwrap_err();
         assert!(e.to_string().contains("--mount-root"), "{e}");
+    }
+
+    /// galaxy-helm: one PVC at /galaxy/server/database; job pods mount its config, tmp, tool-data,
+    /// tools and shed_tools subdirectories (and CVMFS) themselves.
+    const HELM_MOUNTS: [&str; 6] = [
+        "/galaxy/server/database/config",
+        "/galaxy/server/database/tmp",
+        "/galaxy/server/database/tool-data",
+        "/galaxy/server/database/tools",
+        "/galaxy/server/database/shed_tools",
+        "/cvmfs/data.galaxyproject.org",
+    ];
+
+    fn helm_mounts() -> Vec<String> {
+        HELM_MOUNTS.iter().map(|m| m.to_string()).collect()
+    }
+
+    #[test]
+    fn default_roots_split_around_every_path_the_pod_mounts() {
+        let db = "/galaxy/server/database";
+        let inputs = [
+            file(&format!("{db}/objects/1/2/3/dataset_a.dat")),
+            file(&format!("{db}/objects/9/8/7/dataset_b.dat")),
+            file(&format!("{db}/objects/_metadata_files/4/metadata_c.dat")),
+        ];
+        let workdir = format!("{db}/jobs_directory/000/42");
+        let ec = format!("{workdir}/galaxy_42.ec");
+        let mounts = helm_mounts();
+
+        let roots = derive_roots(&workdir, &inputs, &[], &[], &ec, &mounts).unwrap();
+
+        assert_eq!(roots, vec![format!("{db}/objects"), workdir.clone()]);
+        for m in &mounts {
+            assert!(!roots.iter().any(|r| is_within(m, r)), "{m} in {roots:?}");
+        }
+        let without = derive_roots(&workdir, &inputs, &[], &[], &ec, &[]).unwrap();
+        assert_eq!(
+            without,
+            vec![db],
+            "without pod mounts the group's ancestor is kept"
+        );
+    }
+
+    #[test]
+    fn a_lone_dataset_beside_a_pod_mount_gets_its_own_directory_as_root() {
+        let inputs = [file("/galaxy/server/database/objects/1/2/3/dataset_a.dat")];
+        let workdir = "/galaxy/server/database/jobs_directory/000/42";
+        let roots = derive_roots(workdir, &inputs, &[], &[], "/x/y.ec", &helm_mounts()).unwrap();
+        assert_eq!(
+            roots,
+            vec![
+                "/x",
+                "/galaxy/server/database/objects/1/2/3",
+                "/galaxy/server/database/jobs_directory/000/42"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_staged_directory_that_contains_a_pod_mount_is_refused_naming_both() {
+        let workdir = "/srv/job";
+        let e = derive_roots(
+            workdir,
+            &[],
+            &[],
+            &[],
+            "/srv/job/x.ec",
+            &["/srv/job/refs".into()],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("/srv/job holds staged files and contains /srv/job/refs"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_explicit_root_that_contains_a_pod_mount_is_refused() {
+        let e = check_pod_mounts(&["/galaxy/server".into()], &helm_mounts()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("/galaxy/server contains /galaxy/server/database/config"),
+            "{e}"
+        );
+        check_pod_mounts(&["/galaxy/server/database/objects".into()], &helm_mounts()).unwrap();
+    }
+
+    #[test]
+    fn index_paths_under_a_pod_mount_are_left_to_it() {
+        let kept = left_to_pod_mounts(
+            vec![
+                "/galaxy/server/database/shed_tools/repo/tool".into(),
+                "/cvmfs/data.galaxyproject.org/byhand/hg38/bwa".into(),
+                "/refs/hg38/bwa".into(),
+            ],
+            &helm_mounts(),
+        );
+        assert_eq!(kept, vec!["/refs/hg38/bwa"]);
     }
 }

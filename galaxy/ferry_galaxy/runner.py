@@ -12,17 +12,22 @@ Around each job:
    ended without an exit code gets a non-zero ``.ec`` from collect, so Galaxy sees a failure.
 """
 
+import contextlib
 import json
 import logging
 import os
 import re
 import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from typing import Any, Optional, Union
 
 import yaml
+from galaxy import model
 from galaxy.jobs.runners import JobState
 from galaxy.jobs.runners.kubernetes import KubernetesJobRunner
-from galaxy.jobs.runners.util.pykube_util import find_job_object_by_name
+from galaxy.jobs.runners.util.pykube_util import find_job_object_by_name, find_pod_object_by_name
 from galaxy.util import asbool
 
 log = logging.getLogger(__name__)
@@ -34,19 +39,30 @@ EXIT_MISSING = 5  # an object named by the manifest is missing (for `status`: no
 EXIT_JOB_FAILED = 9  # the job ended without an exit code; collect wrote a non-zero .ec
 
 SIDECAR_KINDS = ("native", "shared-pid")
+# ferry inject's container names: the init container, and the sidecar (`ferry-sidecar`, or with a
+# z…z- prefix in shared-pid mode so it sorts after the tool container).
+INIT_NAME = "ferry-init"
+SIDECAR_SUFFIX = "ferry-sidecar"
 
 # Galaxy builds the Job spec in this private method (name-mangled); it is the one place that has the
 # AsynchronousJobState after the job script is written and whose result is POSTed unchanged.
 _SPEC_HOOK = "_KubernetesJobRunner__get_k8s_job_spec"
-if not callable(getattr(KubernetesJobRunner, _SPEC_HOOK, None)):
-    raise ImportError(
-        f"galaxy.jobs.runners.kubernetes.KubernetesJobRunner has no {_SPEC_HOOK}: ferry_galaxy was written "
-        "for Galaxy 26.1; check the runner against this Galaxy version"
-    )
+# Where Galaxy reads a failed pod (check_watched_item calls it): ferry adds its containers' reason.
+_FAILURE_HOOK = "_handle_job_failure"
+for _hook in (_SPEC_HOOK, _FAILURE_HOOK):
+    if not callable(getattr(KubernetesJobRunner, _hook, None)):
+        raise ImportError(
+            f"galaxy.jobs.runners.kubernetes.KubernetesJobRunner has no {_hook}: ferry_galaxy was written "
+            "for Galaxy 26.1; check the runner against this Galaxy version"
+        )
 
 
 class FerryError(Exception):
     """A ferry command failed; the message names the command and its error."""
+
+
+class JobGone(Exception):
+    """The job left the queued state (the user deleted or stopped it) while ferry staged it."""
 
 
 def env_mapping(value: Union[None, str, dict]) -> dict[str, str]:
@@ -74,9 +90,32 @@ def path_list(value: Union[None, str, list]) -> list[str]:
     return [str(p).strip() for p in value if str(p).strip()]
 
 
+def byte_size(value: Union[str, int]) -> int:
+    """Bytes from a size with a unit: ``20Gi``, ``20GiB``, ``20G`` (binary units), ``512Mi``, ``100Ki``."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T)(?:i?B)?\s*", str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a size with a unit such as 20Gi or 512Mi")
+    power = "KMGT".index(m[2][0]) + 1
+    return int(float(m[1]) * 1024**power)
+
+
+def cache_spec(value: str) -> str:
+    """``hostpath:/ABSOLUTE/DIR`` (ferry inject --cache), or the empty string for no cache."""
+    value = str(value or "").strip()
+    if value and not re.fullmatch(r"hostpath:/[^\s]*", value):
+        raise ValueError(f"{value!r} is not hostpath:/ABSOLUTE/DIR")
+    return value
+
+
 FERRY_PARAM_SPECS = dict(
+    # Each can be set on the runner plugin (job_conf `runners:`) and on a destination or TPV rule
+    # (`params:`); the destination's value wins. ferry_transfer_threads is the plugin's only.
+    #
+    # Stage this destination's jobs through S3 with ferry; false runs them as Galaxy's plain Kubernetes
+    # runner would (shared volumes).
+    ferry_enabled=dict(map=asbool, default=True),
     # s3://BUCKET/PREFIX where jobs are staged; one prefix per Galaxy instance (job ids repeat across instances).
-    ferry_url=dict(map=str, valid=lambda s: str(s).startswith("s3://"), default=None),
+    ferry_url=dict(map=str, valid=lambda s: str(s).startswith("s3://") and len(str(s)) > 5, default=None),
     # The ferry binary on the Galaxy handler.
     ferry_binary=dict(map=str, default="ferry"),
     # The ferry image for the init container and the sidecar.
@@ -90,15 +129,32 @@ FERRY_PARAM_SPECS = dict(
     # Seconds `ferry collect` waits for the pod's done.json once Kubernetes reports the Job ended.
     ferry_collect_wait=dict(map=int, valid=lambda x: int(x) >= 0, default=60),
     # Passed to `ferry collect --link-outputs-under` when set (outputs become symlinks into an S3 mount).
-    ferry_link_outputs_under=dict(map=str, default=None),
-    # Reference data staged for every job (ferry stage --index): a list or comma-separated paths.
-    ferry_index_paths=dict(map=path_list, default=[]),
-    # Stage the tool's directory (scripts next to the tool XML) as reference data.
+    ferry_link_outputs_under=dict(map=str, valid=lambda s: s is None or str(s).startswith("/"), default=None),
+    # Reference data staged for every job of the destination (ferry stage --index): a list or comma-separated paths.
+    ferry_index_paths=dict(map=path_list, valid=lambda ps: all(p.startswith("/") for p in ps), default=[]),
+    # Directories of reference data (data tables, .loc files point into them): each file the job's command
+    # line or config files name under one of them is staged, with its siblings of the same name prefix
+    # (hg38.fa -> hg38.fa.amb, hg38.fa.bwt, ...), and nothing else.
+    ferry_reference_roots=dict(
+        map=path_list, valid=lambda ps: all(p.startswith("/") and os.path.normpath(p) != "/" for p in ps), default=[]
+    ),
+    # Stage the tool's directory (scripts next to the tool XML) as reference data (unless the pod mounts it).
     ferry_stage_tool_directory=dict(map=asbool, default=True),
     # serviceAccountName of the job pods (Galaxy's runner sets none): the account IRSA / Pod Identity maps
     # to the S3 role, e.g. manifests/serviceaccount-irsa.yaml.
     ferry_service_account=dict(map=str, default=None),
+    # Space the job writes besides its staged files (outputs, temporary files), e.g. 20Gi (inject --disk):
+    # sizes the emptyDirs and the pod's ephemeral-storage request. Default: staged bytes + 1Gi.
+    ferry_disk=dict(map=lambda v: None if v in (None, "") else byte_size(v), default=None),
+    # Node-local reference cache, hostpath:/var/cache/ferry (inject --cache); empty: none.
+    ferry_cache=dict(map=cache_spec, default=""),
+    # Threads that run stage (before the Job is created) and collect (after it ended), apart from Galaxy's
+    # runner workers, so slow transfers never hold up the handler's other jobs. Plugin only.
+    ferry_transfer_threads=dict(map=int, valid=lambda x: int(x) >= 1, default=4),
 )
+
+# Settings a destination cannot change: they belong to the runner plugin as a whole.
+PLUGIN_ONLY = ("ferry_transfer_threads",)
 
 
 class _CoreSchemaLoader(yaml.SafeLoader):
@@ -123,6 +179,13 @@ for _tag, _regexp, _first in (
     _CoreSchemaLoader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_regexp), list(_first))
 
 
+class Settings(dict):
+    """The ferry_* settings of one job: the destination's params over the runner plugin's."""
+
+    def __getattr__(self, name):
+        return self[f"ferry_{name}"]
+
+
 class FerryKubernetesJobRunner(KubernetesJobRunner):
     """KubernetesJobRunner whose jobs get their files from S3 (ferry) instead of shared volumes."""
 
@@ -131,19 +194,60 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
     def __init__(self, app, nworkers, **kwargs):
         kwargs.setdefault("runner_param_specs", {}).update(FERRY_PARAM_SPECS)
         super().__init__(app, nworkers, **kwargs)
-        for required in ("ferry_url", "ferry_image"):
-            if not self.runner_params[required]:
-                raise Exception(f"{self.runner_name}: runner parameter {required} is required")
-        self._head_env = {**os.environ, **self.runner_params["ferry_env"], **self.runner_params["ferry_head_env"]}
+        threads = self.runner_params["ferry_transfer_threads"]
+        # Two pools: a burst of slow stages never delays the collect (and so the end) of finished jobs.
+        self._stage_pool = ThreadPoolExecutor(threads, thread_name_prefix="ferry-stage")
+        self._collect_pool = ThreadPoolExecutor(threads, thread_name_prefix="ferry-collect")
+        self._pending = set()
+        self._pending_lock = threading.Lock()
 
-    # --- pre-job: stage and inject ------------------------------------------------------------
+    def shutdown(self):
+        super().shutdown()
+        self._stage_pool.shutdown(wait=False, cancel_futures=True)
+        self._collect_pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- settings: the destination's params over the plugin's -------------------------------
+
+    def ferry_settings(self, job_wrapper) -> Settings:
+        """Every ferry_* setting for this job; a bad value raises FerryError naming it and the destination."""
+        destination = job_wrapper.job_destination
+        params = getattr(destination, "params", None) or {}
+        out = Settings()
+        for name, spec in FERRY_PARAM_SPECS.items():
+            if name not in params or name in PLUGIN_ONLY:
+                out[name] = self.runner_params[name]
+                continue
+            raw = params[name]
+            try:
+                value = spec["map"](raw)
+                if "valid" in spec and not spec["valid"](value):
+                    raise ValueError("not a valid value")
+            except (TypeError, ValueError) as e:
+                raise FerryError(f"destination {destination.id!r}: {name} {raw!r}: {e}") from e
+            out[name] = value
+        if out.enabled:
+            for required in ("ferry_url", "ferry_image"):
+                if not out[required]:
+                    raise FerryError(f"destination {destination.id!r}: {required} is not set (runner or destination)")
+        return out
+
+    # --- pre-job: stage and inject, on the stage pool -------------------------------------------
 
     def queue_job(self, job_wrapper):
+        """Galaxy's worker thread hands the job to the stage pool and is free again at once."""
+        self._submit(self._stage_pool, self._queue_job, job_wrapper)
+
+    def _queue_job(self, job_wrapper):
         try:
             super().queue_job(job_wrapper)
         except FerryError as e:
             log.error("(%s) ferry could not prepare the job: %s", job_wrapper.get_id_tag(), e)
             job_wrapper.fail(f"Could not stage the job's files to S3: {e}")
+        except JobGone as e:
+            # As Galaxy's prepare_job does for a job deleted before it ran: no Kubernetes Job, no failure.
+            log.info("(%s) %s: no Kubernetes Job created", job_wrapper.get_id_tag(), e)
+            if job_wrapper.cleanup_job in ("always", "onsuccess"):
+                job_wrapper.cleanup()
 
     def _KubernetesJobRunner__get_k8s_job_spec(self, ajs):
         """Galaxy's Job spec, after `ferry stage` of the job, with ferry's containers and volumes injected.
@@ -151,20 +255,31 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         Called by ``queue_job`` once the job script is written, just before the Job is created.
         """
         spec = super()._KubernetesJobRunner__get_k8s_job_spec(ajs)
-        if self.runner_params["ferry_service_account"]:
-            spec["template"]["spec"]["serviceAccountName"] = self.runner_params["ferry_service_account"]
-        url = self._stage(ajs)
+        settings = self.ferry_settings(ajs.job_wrapper)
+        if not settings.enabled:
+            log.info("(%s) ferry_enabled is false: Galaxy's own volumes serve the job", ajs.job_wrapper.get_id_tag())
+            return spec
+        if settings.service_account:
+            spec["template"]["spec"]["serviceAccountName"] = settings.service_account
+        mounts = pod_mounts(spec)
+        if settings.cache:  # inject mounts the node cache too: no root may swallow it
+            mounts.append(os.path.normpath(settings.cache.split(":", 1)[1]))
+        url = self._stage(ajs, settings, mounts)
+        state = ajs.job_wrapper.get_state()
+        if state != model.Job.states.QUEUED:  # deleted or stopped while it was staged
+            raise JobGone(f"the job became {state} while ferry staged it")
         ajs.ferry_manifest_url = url
-        return self._inject(url, spec)
+        return self._inject(url, spec, settings)
 
-    def _stage(self, ajs) -> str:
+    def _stage(self, ajs, settings: Settings, mounts: list[str]) -> str:
         job_wrapper = ajs.job_wrapper
         job_io = job_wrapper.job_io
-        ferry_job_id = self._unused_job_id(job_wrapper.get_id_tag())
+        inputs = list(_unique(input_paths(job_io)))  # raises, naming the dataset, before anything is sent
+        ferry_job_id = self._unused_job_id(job_wrapper.get_id_tag(), settings)
         args = [
             "stage",
             "--url",
-            self.runner_params["ferry_url"],
+            settings.url,
             "--job-id",
             ferry_job_id,
             "--workdir",
@@ -172,14 +287,15 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
             "--exit-code-file",
             os.path.abspath(ajs.exit_code_file),
         ]
-        # The dataset files, their metadata files and extra-files directories (JobIO.get_input_dataset_fnames).
-        for path in _unique(job_io.get_input_fnames()):
+        for path in inputs:
             args += ["--input", path]
         for path in _unique(self._output_paths(job_io)):
             args += ["--output", path]
-        for path in _unique(self._index_paths(job_wrapper)):
+        for path in _unique(self._index_paths(job_wrapper, settings)):
             args += ["--index", path]
-        url = self._ferry(args, "stage").stdout.strip().splitlines()[-1]
+        for path in mounts:
+            args += ["--pod-mount", path]
+        url = self._ferry(args, "stage", settings).stdout.strip().splitlines()[-1]
         log.info("(%s) ferry staged the job as %s", job_wrapper.get_id_tag(), url)
         return url
 
@@ -192,46 +308,49 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
             if dataset_path.false_extra_files_path:
                 yield dataset_path.false_extra_files_path
 
-    def _index_paths(self, job_wrapper):
-        yield from self.runner_params["ferry_index_paths"]
+    def _index_paths(self, job_wrapper, settings: Settings):
+        yield from settings.index_paths
         tool_dir = getattr(job_wrapper.tool, "tool_dir", None)
-        if self.runner_params["ferry_stage_tool_directory"] and tool_dir and os.path.isdir(tool_dir):
+        if settings.stage_tool_directory and tool_dir and os.path.isdir(tool_dir):
             yield os.path.abspath(str(tool_dir))
+        if settings.reference_roots:
+            yield from reference_files(job_texts(job_wrapper), settings.reference_roots)
 
-    def _unused_job_id(self, id_tag: str) -> str:
+    def _unused_job_id(self, id_tag: str, settings: Settings) -> str:
         """The Galaxy job id, or ``ID-2``, ``ID-3``… when an earlier submission of the job (a resubmission
         after an OOM kill, another Galaxy with the same prefix) already used it: its done.json must not be
         taken for this submission's."""
         for attempt in range(1, 100):
             job_id = id_tag if attempt == 1 else f"{id_tag}-{attempt}"
-            url = f"{self.runner_params['ferry_url'].rstrip('/')}/jobs/{job_id}/manifest.json"
-            p = self._ferry(["status", "--manifest", url], "status", check=False)
+            url = f"{settings.url.rstrip('/')}/jobs/{job_id}/manifest.json"
+            p = self._ferry(["status", "--manifest", url], "status", settings, check=False)
             if p.returncode == EXIT_MISSING:
                 return job_id
             if p.returncode != 0:
                 raise FerryError(_failure("status", p))
-        raise FerryError(f"job {id_tag} was staged 99 times under {self.runner_params['ferry_url']}")
+        raise FerryError(f"job {id_tag} was staged 99 times under {settings.url}")
 
-    def _inject(self, url: str, spec: dict[str, Any]) -> dict[str, Any]:
-        args = [
-            "inject",
-            "--manifest",
-            url,
-            "--image",
-            self.runner_params["ferry_image"],
-            "--sidecar",
-            self.runner_params["ferry_sidecar"],
-        ]
-        for name, value in self.runner_params["ferry_env"].items():
+    def _inject(self, url: str, spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
+        args = ["inject", "--manifest", url, "--image", settings.image, "--sidecar", settings.sidecar]
+        for name, value in settings.env.items():
             args += ["--env", f"{name}={value}"]
+        if settings.disk is not None:
+            args += ["--disk", str(settings.disk)]
+        if settings.cache:
+            args += ["--cache", settings.cache]
         job = {"apiVersion": "batch/v1", "kind": "Job", "spec": spec}
-        out = self._ferry([*args, "-f", "-"], "inject", stdin=json.dumps(job)).stdout
+        out = self._ferry([*args, "-f", "-"], "inject", settings, stdin=json.dumps(job)).stdout
         return yaml.load(out, Loader=_CoreSchemaLoader)["spec"]
 
-    # --- post-job: collect before Galaxy reads the job's files --------------------------------
+    # --- post-job: collect before Galaxy reads the job's files, on the collect pool ------------
 
     def finish_job(self, job_state):
+        self._submit(self._collect_pool, self._finish_job, job_state)
+
+    def _finish_job(self, job_state):
         collected = self._collect(job_state)
+        if collected is False:  # not a ferry job (ferry_enabled: false)
+            return super().finish_job(job_state)
         if collected is None or collected.returncode not in (0, EXIT_JOB_FAILED):
             # Without collect, a missing .ec would read as exit code 0: fail instead.
             reason = _failure("collect", collected) if collected else "no ferry manifest is known for the job"
@@ -242,22 +361,80 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         super().finish_job(job_state)
 
     def fail_job(self, job_state, exception=False, message="Job failed", full_status=None):
+        self._submit(self._collect_pool, self._fail_job, job_state, exception, message, full_status)
+
+    def _fail_job(self, job_state, exception=False, message="Job failed", full_status=None):
         # Best effort: the job fails anyway, but with the tool's stdout/stderr and .ec when the pod left them.
-        self._collect(job_state)
+        if not getattr(job_state, "ferry_failure", None):
+            self._collect(job_state)
         super().fail_job(job_state, exception, message, full_status)
 
-    def _collect(self, job_state) -> Optional[subprocess.CompletedProcess]:
-        """Runs `ferry collect` once per job state; None when no pod ran for it (or its manifest is unknown)."""
+    def _handle_job_failure(self, k8s_job, job_state):
+        """Galaxy's reading of a failed pod, then ferry's own: when ferry's init container or sidecar
+        failed, its error line becomes the job's message and, as nothing can be collected, its stderr."""
+        mark_failed = super()._handle_job_failure(k8s_job, job_state)
+        failure = self._ferry_container_failure(job_state)
+        if failure is None:
+            return mark_failed
+        container, line = failure
+        job_state.ferry_failure = failure
+        what = "fetch the job's files from S3" if container == INIT_NAME else "send the job's results to S3"
+        job_state.fail_message = f"ferry could not {what} ({container}): {line}"
+        log.error("(%s) %s", job_state.job_wrapper.get_id_tag(), job_state.fail_message)
+        with open(job_state.error_file, "a") as f:
+            f.write(f"{job_state.fail_message}\n")
+        stderr = os.path.join(job_state.job_wrapper.working_directory, "outputs", "tool_stderr")
+        # Nothing comes back from a pod whose ferry failed (no done.json): the line is the stderr Galaxy shows.
+        if os.path.isdir(os.path.dirname(stderr)) and not (os.path.exists(stderr) and os.path.getsize(stderr)):
+            with open(stderr, "a") as f:
+                f.write(f"{job_state.fail_message}\n")
+        return True
+
+    def _ferry_container_failure(self, job_state) -> Optional[tuple[str, str]]:
+        """(container, ferry's error line) of a ferry container that ended with an error, from the pod
+        status Galaxy reads (``terminated.message``: ferry's /dev/termination-log, else its log's end)."""
+        try:
+            pods = find_pod_object_by_name(self._pykube_api, job_state.job_id, self.runner_params["k8s_namespace"])
+            items = pods.response["items"]
+        except Exception:
+            log.exception("(%s) could not read the job's pod", job_state.job_wrapper.get_id_tag())
+            return None
+        if not items:
+            return None
+        status = items[0].get("status") or {}
+        for c in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+            name = c.get("name", "")
+            if not (name == INIT_NAME or name.endswith(SIDECAR_SUFFIX)):
+                continue
+            terminated = (c.get("state") or {}).get("terminated") or (c.get("lastState") or {}).get("terminated")
+            if terminated and terminated.get("exitCode"):
+                line = _error_line(terminated.get("message") or "")
+                code = terminated["exitCode"]
+                return (INIT_NAME if name == INIT_NAME else "ferry-sidecar",
+                        line or f"exited {code} ({terminated.get('reason') or 'no message'})")
+        return None
+
+    def _collect(self, job_state):
+        """Runs `ferry collect` once per job state: its CompletedProcess; None when no pod ran for it (or its
+        manifest is unknown); False when the job is not a ferry job."""
         if hasattr(job_state, "ferry_collect"):
             return job_state.ferry_collect
         job_state.ferry_collect = None
+        try:
+            settings = self.ferry_settings(job_state.job_wrapper)
+        except FerryError as e:
+            log.error("(%s) %s", job_state.job_wrapper.get_id_tag(), e)
+            return None
+        if not settings.enabled:
+            job_state.ferry_collect = False
+            return False
         url = self._manifest_url(job_state)
         if url is None:
             return None
-        args = ["collect", "--manifest", url, "--wait", str(self.runner_params["ferry_collect_wait"])]
-        if self.runner_params["ferry_link_outputs_under"]:
-            args += ["--link-outputs-under", self.runner_params["ferry_link_outputs_under"]]
-        p = self._ferry(args, "collect", check=False)
+        args = ["collect", "--manifest", url, "--wait", str(settings.collect_wait)]
+        if settings.link_outputs_under:
+            args += ["--link-outputs-under", settings.link_outputs_under]
+        p = self._ferry(args, "collect", settings, check=False)
         id_tag = job_state.job_wrapper.get_id_tag()
         if p.returncode == 0:
             log.info("(%s) ferry collected %s", id_tag, url)
@@ -293,12 +470,48 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         log.error("(%s) Kubernetes Job %s has no ferry manifest", job_state.job_wrapper.get_id_tag(), external_id)
         return None
 
+    # --- the pools ------------------------------------------------------------------------------
+
+    def _submit(self, pool, method, *args):
+        """Runs method(*args) on pool as Galaxy's run_next would: in a database session, failing the job
+        on an unexpected exception."""
+        future = pool.submit(self._run_in_session, method, *args)
+        with self._pending_lock:
+            self._pending.add(future)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future):
+        with self._pending_lock:
+            self._pending.discard(future)
+
+    def _run_in_session(self, method, arg, *rest):
+        session = getattr(getattr(self.app, "model", None), "session", None)
+        with session() if callable(session) else contextlib.nullcontext():
+            try:
+                if callable(session):
+                    self._ensure_db_session(arg)
+                method(arg, *rest)
+            except Exception as e:
+                wrapper = getattr(arg, "job_wrapper", arg)
+                log.exception("(%s) ferry runner: %s failed", wrapper.get_id_tag(), method.__name__)
+                if method.__name__ != "_fail_job":
+                    wrapper.fail(f"ferry runner error in {method.__name__.lstrip('_')}: {e}", exception=True)
+
+    def wait_for_transfers(self, timeout: Optional[float] = None) -> bool:
+        """Waits until no stage or collect is queued or running; False if some still are after timeout."""
+        with self._pending_lock:
+            pending = list(self._pending)
+        done, not_done = futures_wait(pending, timeout=timeout)
+        return not not_done
+
     # --- the ferry binary -----------------------------------------------------------------------
 
-    def _ferry(self, args, what, stdin=None, check=True) -> subprocess.CompletedProcess:
-        cmd = [self.runner_params["ferry_binary"], *map(str, args)]
+    def _ferry(self, args, what, settings: Settings, stdin=None, check=True) -> subprocess.CompletedProcess:
+        cmd = [settings.binary, *map(str, args)]
+        env = {**os.environ, **settings.env, **settings.head_env}
         try:
-            p = subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=self._head_env)
+            p = subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=env)
         except OSError as e:
             raise FerryError(f"cannot run {cmd[0]}: {e}") from e
         for line in p.stderr.splitlines():
@@ -306,6 +519,107 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         if check and p.returncode != 0:
             raise FerryError(_failure(what, p))
         return p
+
+
+def pod_mounts(spec: dict[str, Any]) -> list[str]:
+    """Every mountPath of the pod's containers (Galaxy's k8s_persistent_volume_claims, CVMFS...): ferry
+    stages nothing under them and never mounts an emptyDir over them."""
+    pod = spec["template"]["spec"]
+    paths = []
+    for c in (pod.get("initContainers") or []) + (pod.get("containers") or []):
+        for m in c.get("volumeMounts") or []:
+            path = os.path.normpath(m.get("mountPath") or "")
+            if path.startswith("/") and path not in paths:
+                paths.append(path)
+    return paths
+
+
+def input_paths(job_io):
+    """The files of the job's input datasets (file, metadata files, extra-files directory), checked: a
+    dataset whose file name is empty (purged) or missing fails the job before anything is sent, naming
+    the dataset. A deferred dataset is skipped: Galaxy materialises it into the job's working directory,
+    which is staged."""
+    datasets = getattr(job_io, "get_input_datasets", None)
+    if datasets is None:  # a job_io without datasets: its file names only
+        for path in job_io.get_input_fnames():
+            yield _existing(path, "an input")
+        return
+    for ds in datasets():
+        dataset = getattr(ds, "dataset", None)
+        if dataset is not None and dataset.state == model.Dataset.states.DEFERRED:
+            continue
+        hid, name, dataset_id = getattr(ds, "hid", "?"), getattr(ds, "name", None), getattr(dataset, "id", "?")
+        what = f"input dataset {hid} ({name!r}, dataset id {dataset_id})"
+        for path in job_io.get_input_dataset_fnames(ds):
+            yield _existing(path, what)
+
+
+def _existing(path, what: str) -> str:
+    path = str(path or "")
+    if not path:
+        raise FerryError(f"{what} has no file (purged, or not in any object store): nothing to stage")
+    if not os.path.exists(path):
+        raise FerryError(f"{what} has no file at {path}: nothing to stage")
+    return os.path.abspath(path)
+
+
+def job_texts(job_wrapper):
+    """The text a job reads paths from: its evaluated command line and its config files."""
+    yield getattr(job_wrapper, "command_line", None) or ""
+    configs = os.path.join(job_wrapper.working_directory, "configs")
+    names = list(getattr(job_wrapper, "extra_filenames", None) or [])
+    if os.path.isdir(configs):
+        names += [os.path.join(configs, n) for n in sorted(os.listdir(configs))]
+    for name in dict.fromkeys(names):
+        try:
+            with open(name, errors="replace") as f:
+                yield f.read(1 << 20)
+        except OSError:
+            continue
+
+
+def reference_files(texts, roots):
+    """The files under ``roots`` that ``texts`` name: each named path (file or directory) and the files
+    beside it whose name starts with its name and a dot (a bwa index ``hg38.fa`` -> ``hg38.fa.amb``,
+    ``hg38.fa.bwt``...). Nothing else of the directory."""
+    roots = [os.path.normpath(r) for r in roots]
+    found = []
+    for text in texts:
+        for root in roots:
+            r = re.escape(root)
+            # Quoted (a path with spaces), then bare up to the shell's or JSON's punctuation.
+            quoted = re.finditer(rf"'({r}/[^'\n]+)'|\"({r}/[^\"\n]+)\"", text)
+            bare = re.finditer(rf"()({r}/[^\s'\"`;|&<>(){{}}$,=]+)", text)
+            for m in (*quoted, *bare):
+                named = os.path.normpath(m.group(1) or m.group(2))
+                if not named.startswith(root + "/"):
+                    continue  # `..` left the root
+                found.extend(_with_siblings(named))
+    return list(dict.fromkeys(found))
+
+
+def _with_siblings(path):
+    if os.path.exists(path):
+        yield path
+    parent, name = os.path.split(path)
+    try:
+        entries = sorted(os.listdir(parent))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.startswith(name + ".") and os.path.isfile(os.path.join(parent, entry)):
+            yield os.path.join(parent, entry)
+
+
+def _error_line(message: str) -> str:
+    """ferry's one error line from a termination message: the line itself, or the last ERROR line of a
+    log tail (FallbackToLogsOnError), without timestamp and level."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    errors = [line for line in lines if re.search(r"\bERROR\b", line)] or lines[-1:]
+    if not errors:
+        return ""
+    line = re.sub(r"^\S*\d{4}-\d\d-\d\dT\S+\s+ERROR\s+", "", errors[-1])
+    return re.sub(r"^ferry:\s*", "", line)
 
 
 def _unique(paths):

@@ -40,6 +40,22 @@ class GalaxyJob:
         self.base = base
         self.s3 = s3
         self.id = random.randrange(10**6, 10**7)  # podman names volumes after the job id: keep them unique
+        self.make_files(base, outputs_to_working_directory)
+        job = galaxy_stubs.new_job(self.id)
+        self.app = galaxy_stubs.make_app(job, outputs_to_working_directory=outputs_to_working_directory)
+        self.tool = galaxy_stubs.Tool(self.app, podlib.TOOL_IMAGE, version=tool_version, tool_dir=self.tool_dir)
+        self.destination = galaxy_stubs.k8s_destination(**destination_params)
+        self.bucket = session_bucket(s3)
+        self.prefix = f"galaxy-{self.id}"
+        self.kubeconfig = base / "kubeconfig"
+        self.kubeconfig.write_text(galaxy_stubs.KUBECONFIG)
+        self.api = kube.FakeKubernetesApi()
+        self.runner = self.new_runner()
+        self.wrapper = None
+        self.ajs = None
+
+    def make_files(self, base, outputs_to_working_directory):
+        """The job directory, the input dataset's files, the tool directory, the output, and job_io."""
         self.job_dir = base / "galaxy/jobs/000" / str(self.id)
         files = base / "galaxy/files/000"
         files.mkdir(parents=True)
@@ -59,47 +75,41 @@ class GalaxyJob:
         # Where the job writes its output and where Galaxy reads it after the job.
         self.output = Path(str(self.output_dataset))
 
-        job = galaxy_stubs.new_job(self.id)
-        self.app = galaxy_stubs.make_app(job, outputs_to_working_directory=outputs_to_working_directory)
-        self.tool = galaxy_stubs.Tool(self.app, podlib.TOOL_IMAGE, version=tool_version, tool_dir=self.tool_dir)
-        self.destination = galaxy_stubs.k8s_destination(**destination_params)
         self.job_io = galaxy_stubs.JobIO(
             inputs=[self.input, self.input_metadata, self.input_extra], outputs=[self.output_dataset])
-        self.bucket = session_bucket(s3)
-        self.prefix = f"galaxy-{self.id}"
-        self.kubeconfig = base / "kubeconfig"
-        self.kubeconfig.write_text(galaxy_stubs.KUBECONFIG)
-        self.api = kube.FakeKubernetesApi()
-        self.runner = self.new_runner()
-        self.wrapper = None
-        self.ajs = None
 
     def new_runner(self):
-        runner = FerryKubernetesJobRunner(
-            self.app, 1,
+        params = dict(
             k8s_config_path=str(self.kubeconfig),
+            **self.k8s_params(),
             ferry_url=f"s3://{self.bucket}/{self.prefix}",
             ferry_binary=str(podlib.FERRY),
             ferry_image=podlib.FERRY_IMAGE,
             ferry_sidecar="shared-pid",  # podman has no native sidecars
             ferry_env=self.s3.env(),
             ferry_collect_wait=20,
-            **self.extra_runner_params,
         )
+        runner = FerryKubernetesJobRunner(self.app, 1, **{**params, **self.extra_runner_params})
         runner.work_queue = queue.Queue()  # what start() creates, without worker threads
         runner._pykube_api.session.mount(galaxy_stubs.KUBE_SERVER, self.api)
         return runner
+
+    def k8s_params(self):
+        """Galaxy's own k8s_* runner parameters for this layout (none: Galaxy's defaults)."""
+        return {}
 
     def command(self, template):
         return template.format(input=self.input, metadata=self.input_metadata, extra=self.input_extra,
                                output=self.output, tool_dir=self.tool_dir)
 
-    def queue(self, tool_command):
-        """Galaxy's handler hands the job to the runner (queue_job)."""
+    def queue(self, tool_command, wait=True):
+        """Galaxy's handler hands the job to the runner (queue_job); wait: until its stage has run."""
         self.wrapper = galaxy_stubs.JobWrapper(
             self.app.model.context.job, self.app, self.tool, self.destination, self.job_dir,
             self.command(tool_command), job_io=self.job_io)
-        self.runner.queue_job(self.wrapper)
+        self.runner.queue_job(self.wrapper)  # Galaxy's worker thread hands it to the stage pool
+        if wait:
+            assert self.runner.wait_for_transfers(timeout=120), "stage still running after 120 s"
 
     def submit(self, tool_command):
         """queue(), which must create a Job; returns the Job as the runner POSTed it."""
@@ -117,18 +127,26 @@ class GalaxyJob:
         self.runner.recover(self.wrapper.get_job(), self.wrapper)
         self.ajs = self.runner.monitor_queue.get_nowait()
 
-    def run_pod(self, timeout=60):
-        """The Job's pod, run to its end by podman; always removed."""
+    def run_pod(self, timeout=60, init_fails=False, host_paths=None, pod_changes=None):
+        """The Job's pod, run to its end by podman; always removed. ``host_paths``: {claimName: directory}
+        for the Job's persistentVolumeClaim volumes (podman has no PVCs), see ``claims_as_host_paths``."""
         name = f"gxy-{self.id}-{uuid.uuid4().hex[:6]}"
         pod = podlib.for_podman(podlib.pod_from_job(self.api.created[-1], name))
+        if host_paths:
+            claims_as_host_paths(pod, host_paths)
+        if pod_changes:
+            pod_changes(pod)
         pod_yaml = self.base / f"{name}.yaml"
         pod_yaml.write_text(yaml.safe_dump(pod))
         p = podlib.Pod(pod_yaml)
         run = PodRun(play_rc=0)
         try:
             run.play_rc = p.start()
-            assert run.play_rc == 0, p.play.stderr
-            run.exit_codes = p.wait(timeout=timeout)
+            if init_fails:
+                assert run.play_rc != 0, "kube play reports a failed init container"
+            else:
+                assert run.play_rc == 0, p.play.stderr + "".join(p.logs(c) for c in p.init_names)
+                run.exit_codes = p.wait(timeout=timeout)
             for c in p.init_names + p.names:
                 run.logs[c] = p.logs(c)
             run.pod = kube.pod_status(pod, name)
@@ -162,10 +180,33 @@ def session_bucket(s3):
 
 
 def drain(runner):
-    """Runs queued runner methods in order, as Galaxy's worker threads do (run_next)."""
+    """Runs queued runner methods in order, as Galaxy's worker threads do (run_next), and waits for what
+    they hand to ferry's stage and collect pools, until nothing is left."""
     while True:
         try:
             method, arg = runner.work_queue.get_nowait()
         except queue.Empty:
-            return
+            assert runner.wait_for_transfers(timeout=120), "stage / collect still running after 120 s"
+            if runner.work_queue.empty():
+                return
+            continue
         method(arg)
+
+
+def claims_as_host_paths(pod, host_paths):
+    """Each persistentVolumeClaim volume mounted with a subPath becomes a hostPath volume of its own at
+    DIR/subPath (podman has no PVCs and no subPath on most volume kinds): the same files at the same
+    mountPath, read-only where the Job says so."""
+    spec = pod["spec"]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec.get("volumes", [])
+              if "persistentVolumeClaim" in v}
+    volumes = [v for v in spec.get("volumes", []) if v["name"] not in claims]
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        for i, m in enumerate(c.get("volumeMounts", [])):
+            if m["name"] not in claims:
+                continue
+            source = Path(host_paths[claims[m["name"]]]) / m.pop("subPath", "")
+            name = f"{m['name']}-{i}-{uuid.uuid4().hex[:6]}"
+            volumes.append({"name": name, "hostPath": {"path": str(source), "type": "Directory"}})
+            m["name"] = name
+    spec["volumes"] = volumes

@@ -128,25 +128,60 @@ def pod_status(pod, name):
         out = []
         for c in sorted(containers, key=lambda c: c["name"]):  # the kubelet sorts by name
             state = _inspect(f"{name}-{c['name']}")
+            if state is None:  # never started: an init container before it failed
+                out.append({"name": c["name"], "state": {"waiting": {"reason": "PodInitializing"}}})
+                continue
             oom = state["OOMKilled"] or any(cg.endswith(f"libpod-{state['Id']}") for cg in oom_memcgs)
             code = state["ExitCode"]
             reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
-            out.append({"name": c["name"], "state": {"terminated": {"exitCode": code, "reason": reason}}})
+            terminated = {"exitCode": code, "reason": reason}
+            message = _termination_file(pod, c)
+            if not message and code != 0 and c.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+                message = _log_tail(f"{name}-{c['name']}")
+            if message:
+                terminated["message"] = message
+            out.append({"name": c["name"], "state": {"terminated": terminated}})
         return out
 
     containers = statuses(pod["spec"]["containers"])
-    phase = "Succeeded" if all(s["state"]["terminated"]["exitCode"] == 0 for s in containers) else "Failed"
+    inits = statuses(pod["spec"].get("initContainers", []))
+    ended = [s["state"].get("terminated", {}).get("exitCode") for s in containers + inits]
+    phase = "Succeeded" if all(code == 0 for code in ended) else "Failed"
     return {**pod, "status": {
         "phase": phase,
-        "initContainerStatuses": statuses(pod["spec"].get("initContainers", [])),
+        "initContainerStatuses": inits,
         "containerStatuses": containers,
     }}
 
 
+def _termination_file(pod, container):
+    """The container's termination-message file, as the kubelet reads it (at most 4096 bytes): podman has
+    none, so a test mounts a hostPath file at /dev/termination-log (the default terminationMessagePath)."""
+    hosts = {v["name"]: v["hostPath"]["path"] for v in pod["spec"].get("volumes", []) if "hostPath" in v}
+    for m in container.get("volumeMounts", []):
+        if m["mountPath"] == container.get("terminationMessagePath", "/dev/termination-log") and m["name"] in hosts:
+            with open(hosts[m["name"]], errors="replace") as f:
+                return f.read(4096)
+    return ""
+
+
+def _log_tail(container):
+    """What the kubelet puts in ``terminated.message`` for FallbackToLogsOnError when the container wrote
+    no termination-message file (podman has none): the end of its log, at most 80 lines and 2048 bytes."""
+    p = podlib.podman("logs", container, check=False)
+    lines = (p.stdout + p.stderr).splitlines()[-80:]
+    return "\n".join(lines)[-2048:]
+
+
 def _inspect(container):
-    p = podlib.podman("inspect", "--format", "{{json .State}} {{.Id}}", container)
+    """The container's end state; None when it never started (created, or removed by podman)."""
+    p = podlib.podman("inspect", "--format", "{{json .State}} {{.Id}}", container, check=False)
+    if p.returncode != 0:
+        return None
     state, cid = p.stdout.strip().rsplit(" ", 1)
     state = json.loads(state)
+    if state["Status"] == "created":
+        return None
     if state["Status"] not in ("exited", "stopped"):
         raise AssertionError(f"container {container} is {state['Status']}, not ended")
     return {"ExitCode": state["ExitCode"], "OOMKilled": state.get("OOMKilled", False), "Id": cid}

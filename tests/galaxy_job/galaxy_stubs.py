@@ -25,6 +25,9 @@ from xml.etree.ElementTree import (
 )
 
 from galaxy import model
+from galaxy.datatypes.registry import Registry
+from galaxy.job_execution.setup import JobIO as GalaxyJobIO
+from galaxy.objectstore import DiskObjectStore
 from galaxy.job_execution.datasets import (
     DatasetPath,
     get_path_rewriter,
@@ -112,22 +115,67 @@ class Tool:
 class JobIO:
     """job_io as the k8s runner and ferry's runner use it; integrity settings are Galaxy's defaults
     (config_schema.yml). ``inputs``: what JobIO.get_input_fnames returns (each dataset's file, its
-    metadata files, its extra-files directory when it exists); ``outputs``: DatasetPath objects."""
+    metadata files, its extra-files directory when it exists); ``outputs``: DatasetPath objects.
+
+    With ``datasets`` (real HistoryDatasetAssociations, see ``input_hda``) instead of ``inputs``, the
+    input methods are Galaxy's own (galaxy.job_execution.setup.JobIO)."""
 
     check_job_script_integrity = True
     check_job_script_integrity_count = 35
     check_job_script_integrity_sleep = 0.25
     version_path = None
 
-    def __init__(self, inputs=(), outputs=()):
+    def __init__(self, inputs=(), outputs=(), datasets=None):
         self.inputs = [str(p) for p in inputs]
         self.outputs = list(outputs)
+        self.datasets = datasets
+        if datasets is not None:
+            self.get_input_datasets = lambda materialized_objects=None: list(self.datasets)
+            self.get_input_dataset_fnames = lambda ds: GalaxyJobIO.get_input_dataset_fnames(self, ds)
 
     def get_output_fnames(self):
         return self.outputs
 
     def get_input_fnames(self):
+        if self.datasets is not None:
+            return GalaxyJobIO.get_input_fnames(self)
         return self.inputs
+
+
+_REGISTRY = None
+
+
+def object_store(file_path):
+    """Galaxy's own disk object store (store_by uuid: FILE_PATH/7/5/2/dataset_<uuid>.dat, as galaxy-helm
+    keeps it under /galaxy/server/database/objects), set as the store of every model.Dataset."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = Registry()
+        _REGISTRY.load_datatypes()
+        model.set_datatypes_registry(_REGISTRY)
+    file_path = str(file_path)
+    config = SimpleNamespace(
+        file_path=file_path, object_store_store_by="uuid", jobs_directory=os.path.join(file_path, "..", "jobs"),
+        new_file_path=os.path.join(file_path, "..", "tmp"), umask=0o022, object_store_check_old_style=False,
+        gid=os.getgid(), object_store_cache_path=os.path.join(file_path, "..", "cache"),
+        object_store_cache_size=-1, enable_quotas=False,
+    )
+    store = DiskObjectStore(config, {"files_dir": file_path})
+    model.Dataset.object_store = store
+    return store
+
+
+def input_hda(store, dataset_id, hid, name, content=None, state="ok"):
+    """A history dataset in ``store``; its file holds ``content`` (None: no file is written)."""
+    dataset = model.Dataset(id=dataset_id, state=state)
+    dataset.uuid = uuid.uuid4()
+    hda = model.HistoryDatasetAssociation(id=dataset_id, hid=hid, name=name, extension="txt", dataset=dataset,
+                                          create_dataset=False)
+    if content is not None:
+        store.create(dataset)
+        with open(hda.get_file_name(), "w") as f:
+            f.write(content)
+    return hda
 
 
 def output_dataset_path(dataset_id, real_path, working_directory, outputs_to_working_directory):

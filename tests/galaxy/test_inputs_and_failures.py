@@ -1,0 +1,136 @@
+"""What a job cannot have reaches the user as a reason: an input dataset without a file fails the job
+before anything is uploaded, naming the dataset; a failure of ferry's init container reaches Galaxy's job
+info and stderr as ferry's one line; disk is sized for the work, not for the inputs."""
+
+from pathlib import Path
+
+from galaxy import model
+from galaxy.jobs.runners import JobState
+from galaxy.tool_util.output_checker import DETECTED_JOB_STATE
+
+import galaxy_stubs
+from harness import GalaxyJob
+from helm import HelmGalaxyJob
+
+MIB = 1 << 20
+
+
+def uploaded(job):
+    listed = job.s3.client().list_objects_v2(Bucket=job.bucket, Prefix=job.prefix)
+    return [o["Key"] for o in listed.get("Contents", [])]
+
+
+def manifest_of(job):
+    return job.s3.get_json(job.bucket, job.ajs.ferry_manifest_url.split("/", 3)[3])
+
+
+def test_a_purged_input_fails_the_job_before_anything_is_uploaded_naming_the_dataset(s3, tmp_path):
+    job = HelmGalaxyJob(s3, tmp_path)
+    job.hda.dataset.purged = True  # Galaxy's get_file_name() now returns ""
+
+    job.queue("cat {input}")
+
+    [outcome] = job.wrapper.outcomes
+    assert outcome.call == "fail"
+    assert "input dataset 1 ('reads 1.fastq', dataset id 1) has no file (purged, or not in any object store)" \
+        in outcome.message, outcome.message
+    assert job.api.created == [] and uploaded(job) == []
+
+
+def test_an_input_whose_file_is_gone_fails_the_job_naming_the_dataset_and_the_path(s3, tmp_path):
+    job = HelmGalaxyJob(s3, tmp_path)
+    gone = tmp_path / "elsewhere/reads 1.fastq"  # a linked dataset (external_filename) whose file was removed
+    job.hda.dataset.external_filename = str(gone)
+
+    job.queue("cat {input}")
+
+    [outcome] = job.wrapper.outcomes
+    assert f"input dataset 1 ('reads 1.fastq', dataset id 1) has no file at {gone}: nothing to stage" \
+        in outcome.message, outcome.message
+    assert job.api.created == [] and uploaded(job) == []
+
+
+def test_a_deferred_input_is_left_to_galaxys_materialisation_in_the_job_directory(s3, tmp_path):
+    job = HelmGalaxyJob(s3, tmp_path)
+    deferred = galaxy_stubs.input_hda(job.store, 3, 2, "remote.bed", content=None,
+                                      state=model.Dataset.states.DEFERRED)
+    job.job_io.datasets.append(deferred)
+    assert deferred.get_file_name() == "", "Galaxy has no file for a deferred dataset"
+
+    job.submit("cat {input}")
+
+    assert [d["path"] for d in manifest_of(job)["inputs"]] == [str(job.input)]
+
+
+def test_a_failing_init_container_reaches_galaxy_as_ferrys_line_in_info_and_stderr(s3, tmp_path):
+    job = GalaxyJob(s3, tmp_path)
+    job.submit("cat {input}")
+    s3.client().delete_object(Bucket=job.bucket, Key=f"{job.prefix}/data{job.input}")  # e.g. a lifecycle rule
+
+    # The kubelet gives each container a termination-log file; podman does not: mount one, as a hostPath.
+    termination_log = tmp_path / "ferry-init.termination-log"
+    termination_log.touch()
+    termination_log.chmod(0o666)
+
+    def with_termination_log(pod):
+        pod["spec"]["volumes"].append(
+            {"name": "termlog", "hostPath": {"path": str(termination_log), "type": "File"}})
+        init = next(c for c in pod["spec"]["initContainers"] if c["name"] == "ferry-init")
+        init["volumeMounts"].append({"name": "termlog", "mountPath": "/dev/termination-log"})
+
+    pod = job.run_pod(init_fails=True, pod_changes=with_termination_log)
+    init = next(s for s in pod.pod["status"]["initContainerStatuses"] if s["name"] == "ferry-init")
+    assert init["state"]["terminated"]["exitCode"] != 0
+    written = termination_log.read_text()
+    assert written.startswith("ferry: ") and written.count("\n") == 1, f"one line from ferry: {written!r}"
+    assert init["state"]["terminated"]["message"] == written
+    outcome = job.complete()
+
+    assert outcome.call == "fail"
+    prefix = "ferry could not fetch the job's files from S3 (ferry-init): "
+    assert outcome.message.startswith(prefix), outcome.message
+    line = outcome.message[len(prefix):]
+    assert f"{job.prefix}/data{job.input}" in line and "not found" in line and "\n" not in line, line
+    assert outcome.tool_stderr == f"{outcome.message}\n", "the tool never ran: its stderr is ferry's line"
+    assert line == written[len("ferry: "):].strip(), "Galaxy shows exactly the line ferry wrote"
+    assert not hasattr(job.ajs, "ferry_collect") or job.ajs.ferry_collect is None, "nothing to collect"
+    assert job.ajs.runner_state != JobState.runner_states.MEMORY_LIMIT_REACHED
+
+
+def test_disk_is_sized_for_outputs_larger_than_the_inputs(s3, tmp_path):
+    job = GalaxyJob(s3, tmp_path, ferry_disk="64Mi")
+    created = job.submit("dd if=/dev/zero of={output} bs=1048576 count=40 2>/dev/null; echo wrote")
+    roots = manifest_of(job)["roots"]
+    staged = sum(r["bytes"] for r in roots)
+    assert staged < MIB, "the inputs are small"
+
+    pod = created["spec"]["template"]["spec"]
+    limits = {v["name"]: v["emptyDir"]["sizeLimit"] for v in pod["volumes"] if "emptyDir" in v}
+    for root, (name, limit) in zip(roots, sorted(limits.items())):
+        assert limit == f"{-(-(root['bytes'] + 64 * MIB) // MIB)}Mi", (root, name, limit)
+    assert pod["containers"][0]["resources"]["requests"]["ephemeral-storage"] == f"{-(-(staged + 64 * MIB) // MIB)}Mi"
+
+    run = job.run_pod()
+    assert run.exit_codes["k8s"] == 0, run.logs
+    outcome = job.complete()
+
+    assert (outcome.call, outcome.detected_state) == ("finish", DETECTED_JOB_STATE.OK)
+    assert Path(job.output).stat().st_size == 40 * MIB > staged
+
+
+def test_a_failing_sidecar_reaches_galaxy_as_ferrys_line_in_the_job_info(s3, tmp_path):
+    job = GalaxyJob(s3, tmp_path)
+    # The tool leaves an output ferry cannot read (ferry never runs as root): the upload fails.
+    job.submit("echo secret > {output}; chmod 000 {output}")
+
+    pod = job.run_pod()
+    sidecar = next(s for s in pod.pod["status"]["containerStatuses"] if s["name"].endswith("ferry-sidecar"))
+    assert sidecar["state"]["terminated"]["exitCode"] != 0, pod.logs
+    outcome = job.complete()
+
+    assert outcome.call == "fail"
+    prefix = "ferry could not send the job's results to S3 (ferry-sidecar): "
+    assert outcome.message.startswith(prefix), outcome.message
+    assert str(job.output) in outcome.message and "\n" not in outcome.message, outcome.message
+    assert outcome.tool_stderr == f"{outcome.message}\n"
+    assert getattr(job.ajs, "ferry_collect", None) is None, "no done.json will come: collect is not waited for"

@@ -1,0 +1,95 @@
+"""Reference data per job: the index files a job's command line and config files name under
+ferry_reference_roots are staged, each with its siblings of the same name prefix (a bwa index named
+through a data table's .loc file), and nothing else of those directories. The paths come from Galaxy's
+own data-table code (ToolDataTableManager reading a tool_data_table_conf.xml and its .loc file)."""
+
+import os
+
+from galaxy.tool_util.data import ToolDataTableManager
+from galaxy.tool_util.output_checker import DETECTED_JOB_STATE
+
+from harness import GalaxyJob
+
+BWA_SUFFIXES = ["", ".amb", ".ann", ".bwt", ".pac", ".sa"]
+TABLES = """<tables>
+  <table name="bwa_mem_indexes" comment_char="#">
+    <columns>value, dbkey, name, path</columns>
+    <file path="{tool_data}/bwa_mem_index.loc" />
+  </table>
+</tables>
+"""
+
+
+def reference_data(base):
+    """A refs directory with two genomes' bwa indices and other files, and a data table naming them."""
+    refs = base / "refs"
+    for genome in ("hg38", "mm10"):
+        index = refs / genome / "bwa_mem"
+        index.mkdir(parents=True)
+        for suffix in BWA_SUFFIXES:
+            (index / f"{genome}.fa{suffix}").write_text(f"{genome}{suffix}\n")
+        (index / f"{genome}.fa2.bwt").write_text("another index whose name only starts alike\n")
+        (index / "README").write_text("not named by any job\n")
+    (refs / "hg38/genes.gtf").write_text("chr1\tgene\n")
+    tool_data = base / "tool-data"
+    tool_data.mkdir()
+    (tool_data / "bwa_mem_index.loc").write_text(
+        "#value\tdbkey\tname\tpath\n"
+        + "".join(f"{g}\t{g}\t{g} genome\t{refs}/{g}/bwa_mem/{g}.fa\n" for g in ("hg38", "mm10")))
+    conf = base / "tool_data_table_conf.xml"
+    conf.write_text(TABLES.format(tool_data=tool_data))
+    tables = ToolDataTableManager(tool_data_path=str(tool_data), config_filename=str(conf))
+    return refs, tables["bwa_mem_indexes"]
+
+
+def test_a_job_gets_exactly_the_index_its_data_table_entry_names_and_that_index_s_siblings(s3, tmp_path):
+    refs, table = reference_data(tmp_path)
+    index = table.get_entry("dbkey", "hg38", "path")  # what the tool's from_data_table parameter gives
+    cache = tmp_path / "node-cache"
+    # hostPath DirectoryOrCreate would make it root's, mode 0755: the node's cache must exist, owned by the
+    # uid ferry runs as (the tool's; here ferry's default 65532), before a job uses it.
+    cache.mkdir()
+    os.chown(cache, 65532, 65532)
+    job = GalaxyJob(s3, tmp_path / "galaxy-side",
+                    runner_params={"ferry_reference_roots": [str(refs)], "ferry_cache": f"hostpath:{cache}"})
+    # A config file of the job names one more reference file (Galaxy writes configfiles to configs/).
+    (job.job_dir / "configs").mkdir(parents=True)
+    (job.job_dir / "configs/params.json").write_text(f'{{"annotation": "{refs}/hg38/genes.gtf"}}')
+    # Directories named only at run time ($(dirname ...)): a directory named in the command is staged whole.
+    job.submit(f"ls \"$(dirname {index})\"; cat {index}.amb '{index}.bwt' > {{output}}; "
+               f"ls \"$(dirname {index})/../../mm10\"")
+
+    staged = {d["path"] for d in job.s3.get_json(job.bucket, job.ajs.ferry_manifest_url.split("/", 3)[3])["indices"]}
+    assert staged == {f"{index}{s}" for s in BWA_SUFFIXES} | {f"{refs}/hg38/genes.gtf", str(job.tool_dir)}
+    pod = job.run_pod()
+    outcome = job.complete()
+
+    assert (outcome.call, outcome.detected_state) == ("finish", DETECTED_JOB_STATE.GENERIC_ERROR), \
+        "the job ran; `ls` of the unnamed genome failed"
+    assert outcome.tool_stdout.splitlines() == [f"hg38.fa{s}" for s in BWA_SUFFIXES], \
+        "exactly the named index, siblings included"
+    assert "mm10" in outcome.tool_stderr and "No such file or directory" in outcome.tool_stderr, outcome.tool_stderr
+    assert job.output.read_text() == "hg38.amb\nhg38.bwt\n"
+    assert any(cache.joinpath("objects").rglob("*")), "the index went through the node cache"
+    assert pod.exit_codes["k8s"] != 0
+
+
+def test_reference_paths_with_spaces_quotes_or_dot_dots_stage_what_they_name_and_nothing_outside(tmp_path):
+    from ferry_galaxy.runner import reference_files
+
+    refs = tmp_path / "refs"
+    spaced = refs / "my genome/bwa"
+    spaced.mkdir(parents=True)
+    for suffix in ("", ".bwt", ".sa"):
+        (spaced / f"g 1.fa{suffix}").write_text("x\n")
+    (tmp_path / "secret.txt").write_text("outside every reference root\n")
+    (refs / "plain.fa").write_text(">a\n")
+    texts = [
+        f"bwa mem '{spaced}/g 1.fa' reads.fq > out.sam",
+        f'{{"ref": "{refs}/plain.fa", "escape": "{refs}/../secret.txt"}}',
+        f"cat {refs}/../secret.txt {refs}/absent.fa",
+    ]
+
+    found = reference_files(texts, [str(refs)])
+
+    assert found == [f"{spaced}/g 1.fa", f"{spaced}/g 1.fa.bwt", f"{spaced}/g 1.fa.sa", f"{refs}/plain.fa"]
