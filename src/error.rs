@@ -28,12 +28,14 @@ pub enum ExitCode {
     Timeout = 10,
     /// The Kubernetes YAML given to `inject` cannot be used.
     Yaml = 11,
+    /// The S3 endpoint's TLS certificate is not trusted (private CA: set `AWS_CA_BUNDLE`).
+    Tls = 12,
     /// SIGINT or SIGTERM arrived before the work was done; re-run to finish.
     Interrupted = 130,
 }
 
 impl ExitCode {
-    pub const ALL: [ExitCode; 12] = [
+    pub const ALL: [ExitCode; 13] = [
         ExitCode::Ok,
         ExitCode::Usage,
         ExitCode::Manifest,
@@ -45,6 +47,7 @@ impl ExitCode {
         ExitCode::JobFailed,
         ExitCode::Timeout,
         ExitCode::Yaml,
+        ExitCode::Tls,
         ExitCode::Interrupted,
     ];
 
@@ -67,6 +70,9 @@ impl ExitCode {
             ExitCode::JobFailed => "the job ended without an exit code (crash, OOM, eviction)",
             ExitCode::Timeout => "a wait ran out (--timeout / --wait)",
             ExitCode::Yaml => "Kubernetes YAML unusable by inject",
+            ExitCode::Tls => {
+                "the S3 endpoint's TLS certificate is not trusted (private CA: set AWS_CA_BUNDLE)"
+            }
             ExitCode::Interrupted => "interrupted by SIGINT/SIGTERM; re-run to finish",
         }
     }
@@ -143,6 +149,11 @@ pub enum Error {
     Yaml(String),
 
     #[error(
+        "s3 endpoint {endpoint}: TLS certificate not trusted ({detail}); if it is signed by a private CA, set AWS_CA_BUNDLE to a PEM file holding that CA (not retried)"
+    )]
+    Tls { endpoint: String, detail: String },
+
+    #[error(
         "interrupted by {0}; nothing partial is at a final path, re-run the same command to finish"
     )]
     Interrupted(&'static str),
@@ -161,6 +172,7 @@ impl Error {
             Error::JobFailed { .. } => ExitCode::JobFailed,
             Error::Timeout(_) => ExitCode::Timeout,
             Error::Yaml(_) => ExitCode::Yaml,
+            Error::Tls { .. } => ExitCode::Tls,
             Error::Interrupted(_) => ExitCode::Interrupted,
         }
     }
@@ -209,7 +221,7 @@ mod tests {
         let mut codes: Vec<u8> = ExitCode::ALL.iter().map(|c| c.code()).collect();
         codes.sort();
         codes.dedup();
-        assert_eq!(codes.len(), 12);
+        assert_eq!(codes.len(), 13);
         for c in ExitCode::ALL {
             assert!(table.contains(c.meaning()), "{c:?} missing from the table");
         }
