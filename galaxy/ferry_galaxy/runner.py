@@ -74,6 +74,10 @@ def path_list(value: Union[None, str, list]) -> list[str]:
     return [str(p).strip() for p in value if str(p).strip()]
 
 
+# What `ferry inject --env` refuses (src/inject/credentials.rs CREDENTIAL_NAMES).
+CREDENTIAL_NAMES = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                              "AWS_SECURITY_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN"})
+
 FERRY_PARAM_SPECS = dict(
     # s3://BUCKET/PREFIX where jobs are staged; one prefix per Galaxy instance (job ids repeat across instances).
     ferry_url=dict(map=str, valid=lambda s: str(s).startswith("s3://"), default=None),
@@ -98,6 +102,9 @@ FERRY_PARAM_SPECS = dict(
     # serviceAccountName of the job pods (Galaxy's runner sets none): the account IRSA / Pod Identity maps
     # to the S3 role, e.g. manifests/serviceaccount-irsa.yaml.
     ferry_service_account=dict(map=str, default=None),
+    # A Kubernetes Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for ferry's containers only
+    # (inject --credentials-secret), where IRSA / Pod Identity is not used.
+    ferry_credentials_secret=dict(map=str, default=None),
 )
 
 
@@ -223,7 +230,12 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
             self.runner_params["ferry_sidecar"],
         ]
         for name, value in self.runner_params["ferry_env"].items():
-            args += ["--env", f"{name}={value}"]
+            # Keys in ferry_env serve the handler only: a pod gets them from ferry_credentials_secret
+            # (inject refuses credentials as plain values in the Job spec).
+            if name not in CREDENTIAL_NAMES:
+                args += ["--env", f"{name}={value}"]
+        if self.runner_params["ferry_credentials_secret"]:
+            args += ["--credentials-secret", self.runner_params["ferry_credentials_secret"]]
         job = {"apiVersion": "batch/v1", "kind": "Job", "spec": spec}
         out = self._ferry([*args, "-f", "-"], "inject", stdin=json.dumps(job)).stdout
         return yaml.load(out, Loader=_CoreSchemaLoader)["spec"]

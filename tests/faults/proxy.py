@@ -202,6 +202,7 @@ class Proxy:
         self.requests = collections.Counter()  # "METHOD object|bucket"
         self.events = []  # one Event per request, in arrival order
         self.statuses = {}  # event index -> HTTP status the client got (absent: none, e.g. a reset)
+        self.streamed = 0  # requests with an aws-chunked body (a streamed checksum trailer)
         self.upstream_failures = 0  # requests the upstream refused or dropped (client got a reset)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -344,6 +345,9 @@ class Proxy:
                     self.events.append(Event(method, path, urllib.parse.urlsplit(target).query,
                                              headers.get("range"), kind))
                     index = len(self.events) - 1
+                    if ("aws-chunked" in headers.get("content-encoding", "")
+                            or headers.get("x-amz-content-sha256", "").startswith("STREAMING-")):
+                        self.streamed += 1
                     self._cond.notify_all()
                 pace = _Pace(self.rate)
                 body, _ = _read_body(rfile, headers, pace)
