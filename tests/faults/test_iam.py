@@ -315,7 +315,7 @@ def _pairs_in(text):
     """(action, resource) pairs a document names, from lines/rows holding both."""
     found = set()
     for line in text.splitlines():
-        actions = re.findall(r"s3:[A-Za-z]+", line)
+        actions = re.findall(r"s3:[A-Z][A-Za-z]+", line)  # condition keys (s3:prefix) are lowercase
         resources = re.findall(r"arn:aws:s3:::[A-Za-z0-9_./*-]+", line)
         found |= {(a, r.rstrip(".")) for a in actions for r in resources}
     return found
