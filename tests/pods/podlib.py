@@ -12,7 +12,10 @@ REPO = Path(__file__).resolve().parents[2]
 FERRY = REPO / "target/x86_64-unknown-linux-gnu/release/ferry"
 FERRY_IMAGE = os.environ.get("FERRY_IMAGE", "localhost/ferry:dev")
 TOOL_IMAGE = "localhost/ferry-tool:dev"
-KEY, SECRET = "testkey", "testsecret"
+# Another S3 server's keys and region (scripts/compat.sh runs the suites against Garage).
+KEY = os.environ.get("FERRY_TEST_S3_KEY", "testkey")
+SECRET = os.environ.get("FERRY_TEST_S3_SECRET", "testsecret")
+REGION = os.environ.get("FERRY_TEST_S3_REGION", "us-east-1")
 
 
 class S3:
@@ -36,7 +39,7 @@ class S3:
             "AWS_ACCESS_KEY_ID": KEY,
             "AWS_SECRET_ACCESS_KEY": SECRET,
             "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_REGION": "us-east-1",
+            "AWS_REGION": REGION,
             "FERRY_S3_FORCE_PATH_STYLE": "true",
             "NO_COLOR": "1",
         }
@@ -46,7 +49,7 @@ class S3:
         from botocore.config import Config
 
         return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=KEY,
-                            aws_secret_access_key=SECRET, region_name="us-east-1",
+                            aws_secret_access_key=SECRET, region_name=REGION,
                             config=Config(s3={"addressing_style": "path"}))
 
     def new_bucket(self, name):
