@@ -28,7 +28,8 @@ pub enum ExitCode {
     Timeout = 10,
     /// The Kubernetes YAML given to `inject` cannot be used.
     Yaml = 11,
-    /// The S3 endpoint's TLS certificate is not trusted (private CA: set `AWS_CA_BUNDLE`).
+    /// The TLS handshake with the S3 endpoint failed: its certificate is not trusted (private CA:
+    /// set `AWS_CA_BUNDLE`), or it does not speak TLS.
     Tls = 12,
     /// SIGINT or SIGTERM arrived before the work was done; re-run to finish.
     Interrupted = 130,
@@ -71,7 +72,7 @@ impl ExitCode {
             ExitCode::Timeout => "a wait ran out (--timeout / --wait)",
             ExitCode::Yaml => "Kubernetes YAML unusable by inject",
             ExitCode::Tls => {
-                "the S3 endpoint's TLS certificate is not trusted (private CA: set AWS_CA_BUNDLE)"
+                "TLS handshake with the S3 endpoint failed: certificate not trusted (private CA: set AWS_CA_BUNDLE), or not HTTPS"
             }
             ExitCode::Interrupted => "interrupted by SIGINT/SIGTERM; re-run to finish",
         }
@@ -148,10 +149,8 @@ pub enum Error {
     #[error("yaml: {0}")]
     Yaml(String),
 
-    #[error(
-        "s3 endpoint {endpoint}: TLS certificate not trusted ({detail}); if it is signed by a private CA, set AWS_CA_BUNDLE to a PEM file holding that CA (not retried)"
-    )]
-    Tls { endpoint: String, detail: String },
+    #[error("s3 endpoint {endpoint}: {reason} (not retried)")]
+    Tls { endpoint: String, reason: String },
 
     #[error(
         "interrupted by {0}; nothing partial is at a final path, re-run the same command to finish"

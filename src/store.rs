@@ -121,7 +121,7 @@ impl Store {
         let conf = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(bool_env(env::S3_FORCE_PATH_STYLE))
             .retry_partition(partition)
-            .retry_classifier(tls::UntrustedCertificate)
+            .retry_classifier(tls::FailedHandshake)
             // No aws-chunked streamed checksum trailer (Garage, older Ceph RGW and MinIO refuse
             // it): ferry sends the checksums it computes itself as plain headers.
             .request_checksum_calculation(
@@ -157,10 +157,10 @@ impl Store {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        if let Some(detail) = tls::certificate_error(&e) {
+        if let Some(reason) = tls::handshake_error(&e) {
             return Error::Tls {
                 endpoint: self.endpoint.clone(),
-                detail,
+                reason,
             };
         }
         let status = e.raw_response().map(|r| r.status().as_u16());

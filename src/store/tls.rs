@@ -1,5 +1,6 @@
 //! TLS for the S3 client: the CAs it trusts (`AWS_CA_BUNDLE` on top of the system roots) and
-//! telling an untrusted certificate (fatal at once) from a network error (retried).
+//! telling a failed TLS handshake (an untrusted certificate, an endpoint that does not speak TLS:
+//! fatal at once) from a network error (retried).
 
 use crate::env;
 use crate::error::{Error, Result};
@@ -66,19 +67,32 @@ pub fn endpoint_name(sdk: &aws_config::SdkConfig, bucket: &str) -> String {
     }
 }
 
-/// The certificate problem somewhere in an error's chain (`UnknownIssuer`, `NotValidForName`,
-/// `Expired`…), if that is what the error is.
-pub fn certificate_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+/// What went wrong in the TLS handshake, found somewhere in an error's chain, as the rest of an
+/// error line: an untrusted certificate (`UnknownIssuer`, `NotValidForName`, `Expired`…) and the
+/// fix, or another handshake failure (e.g. `https://` to a plain-HTTP port).
+pub fn handshake_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if let Some(rustls::Error::InvalidCertificate(c)) = err.downcast_ref::<rustls::Error>() {
-            return Some(format!("{c:?}"));
+        match err.downcast_ref::<rustls::Error>() {
+            Some(rustls::Error::InvalidCertificate(c)) => {
+                return Some(format!(
+                    "TLS certificate not trusted ({c:?}); if it is signed by a private CA, set \
+                     AWS_CA_BUNDLE to a PEM file holding that CA"
+                ));
+            }
+            Some(other) => {
+                return Some(format!(
+                    "TLS handshake failed ({other}); check that the endpoint speaks HTTPS on that \
+                     port (or give it as http://)"
+                ));
+            }
+            None => {}
         }
         // `io::Error::source` skips the error it wraps: look inside it too.
         if let Some(inner) = err
             .downcast_ref::<std::io::Error>()
             .and_then(std::io::Error::get_ref)
-            && let Some(found) = certificate_error(inner)
+            && let Some(found) = handshake_error(inner)
         {
             return Some(found);
         }
@@ -87,17 +101,17 @@ pub fn certificate_error(e: &(dyn std::error::Error + 'static)) -> Option<String
     None
 }
 
-/// An untrusted certificate will not become trusted on the next attempt: never retried (the
-/// SDK's standard retry treats it as a transient I/O error and retried it for ~40 s).
+/// A failed handshake fails the same way on the next attempt: never retried (the SDK's standard
+/// retry treats it as a transient I/O error and retried it for ~40 s).
 #[derive(Debug)]
-pub struct UntrustedCertificate;
+pub struct FailedHandshake;
 
-impl ClassifyRetry for UntrustedCertificate {
+impl ClassifyRetry for FailedHandshake {
     fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
         match ctx.output_or_error() {
             Some(Err(e))
                 if e.as_connector_error()
-                    .is_some_and(|c| certificate_error(c).is_some()) =>
+                    .is_some_and(|c| handshake_error(c).is_some()) =>
             {
                 RetryAction::RetryForbidden
             }
@@ -106,7 +120,7 @@ impl ClassifyRetry for UntrustedCertificate {
     }
 
     fn name(&self) -> &'static str {
-        "ferry: untrusted TLS certificate"
+        "ferry: failed TLS handshake"
     }
 
     fn priority(&self) -> RetryClassifierPriority {
@@ -127,11 +141,15 @@ mod tests {
     }
 
     #[test]
-    fn a_certificate_error_is_found_inside_an_io_error() {
+    fn a_handshake_error_is_found_inside_an_io_error() {
         let rustls_err = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls_err);
-        assert_eq!(certificate_error(&io).as_deref(), Some("UnknownIssuer"));
+        let line = handshake_error(&io).unwrap();
+        assert!(
+            line.contains("(UnknownIssuer)") && line.contains("AWS_CA_BUNDLE"),
+            "{line}"
+        );
         let other = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        assert_eq!(certificate_error(&other), None);
+        assert_eq!(handshake_error(&other), None);
     }
 }

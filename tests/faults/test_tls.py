@@ -144,6 +144,22 @@ def test_an_untrusted_certificate_fails_at_once_with_one_line_naming_the_endpoin
     assert relay.connections == 1, relay.connections
 
 
+def test_https_to_a_plain_http_port_fails_at_once_naming_the_endpoint(https, server, tmp_path):
+    wd = tmp_path / "w"
+    write(wd / "a.txt", b"a\n")
+    relay = Relay(int(https[1].rsplit(":", 1)[1]))  # the HTTP port
+    endpoint = f"https://127.0.0.1:{relay.port}"
+    try:
+        p = run(server, "stage", "--url", "s3://some-bucket/p", "--job-id", "1", "--workdir", wd,
+                endpoint=endpoint, FERRY_S3_MAX_ATTEMPTS=8)
+    finally:
+        relay.close()
+    assert p.returncode == 12, p.stderr
+    errors = error_lines(p.stderr)
+    assert len(errors) == 1 and endpoint in errors[0] and "speaks HTTPS" in errors[0], p.stderr
+    assert relay.connections == 1, relay.connections
+
+
 @pytest.mark.parametrize("content", [None, b"", b"not a certificate\n",
                                      b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"])
 def test_an_unusable_ca_bundle_is_refused_naming_it(https, server, tmp_path, content):
