@@ -246,3 +246,15 @@ def test_the_example_galaxy_yml_sets_only_options_galaxy_knows():
 
     assert ours["outputs_to_working_directory"] is True
     assert set(ours) <= set(known), set(ours) - set(known)
+
+
+def test_the_runner_keeps_from_inject_env_exactly_the_names_inject_refuses():
+    import re
+
+    from ferry_galaxy import runner
+
+    src = (REPO / "src/inject/credentials.rs").read_text()
+    block = src[src.index("pub const CREDENTIAL_NAMES"):]
+    refused = set(re.findall(r'"([A-Z_]+)"', block[: block.index("];")]))
+    assert "AWS_SECRET_ACCESS_KEY" in refused
+    assert runner.CREDENTIAL_NAMES == refused
