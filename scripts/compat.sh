@@ -62,9 +62,8 @@ done
 [ -n "$node" ] || { echo "compat: Garage did not start; log:" >&2; tail -20 "$state/garage.log" >&2; exit 1; }
 g layout assign -z dc1 -c 1G "$node" >/dev/null
 g layout apply --version 1 >/dev/null
-keyinfo=$(g key create ferry-compat)
-key=$(sed -n 's/^ *Key ID: *//p' <<<"$keyinfo" | head -n 1)
-secret=$(sed -n 's/^ *Secret key: *//p' <<<"$keyinfo" | head -n 1)
+keyinfo=$(g json-api CreateKey '{"name": "ferry-compat"}')
+read -r key secret < <(python3 -c 'import json, sys; k = json.load(sys.stdin); print(k["accessKeyId"], k["secretAccessKey"])' <<<"$keyinfo")
 [ -n "$key" ] && [ -n "$secret" ] || { echo "compat: could not read the key from: $keyinfo" >&2; exit 1; }
 g key allow --create-bucket ferry-compat >/dev/null
 
