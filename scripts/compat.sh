@@ -49,8 +49,8 @@ root_domain = ".s3.garage.localhost"
 api_bind_addr = "127.0.0.1:$adminport"
 EOF
 g() { "$garage" -c "$state/garage.toml" "$@"; }
-g server >"$state/garage.log" 2>&1 &
-pid=$!
+"$garage" -c "$state/garage.toml" server >"$state/garage.log" 2>&1 &
+pid=$!  # garage itself (not a subshell), so the trap stops the server
 cleanup() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$state"; }
 trap cleanup EXIT
 
