@@ -5,7 +5,7 @@
 #   scripts/s3-server.sh run STATE_DIR     # runs it in the foreground (the Rust test harness)
 #   scripts/s3-server.sh restart STATE_DIR # stops it (SIGTERM) keeping its data, starts it again on
 #                                          # the same ports; prints the endpoint when ready (fault tests)
-# Credentials: testkey / testsecret. Every port is picked free, so several servers can run at once;
+# Credentials: testkey / testsecret. FERRY_S3_TLS="CERT KEY" adds an HTTPS port (STATE/endpoint-https). Every port is picked free, so several servers can run at once;
 # FERRY_S3_PORTS="S3 MASTER MGRPC VOLUME VGRPC FILER FGRPC ADMIN AGRPC DEBUG" chooses them instead.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,6 +38,13 @@ PY
     -master.port="$master" -master.port.grpc="$mgrpc" -volume.port="$volume" -volume.port.grpc="$vgrpc"
     -filer.port="$filer" -filer.port.grpc="$fgrpc" -admin.port="$admin" -admin.port.grpc="$agrpc"
     -debug.port="$debug" -volume.max=2000)
+  # FERRY_S3_TLS="CERT KEY": HTTPS as well, on one more free port, its URL in STATE/endpoint-https.
+  if [ -n "${FERRY_S3_TLS:-}" ]; then
+    read -r cert key <<<"$FERRY_S3_TLS"
+    https=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    args+=(-s3.port.https="$https" -s3.cert.file="$cert" -s3.key.file="$key")
+    echo "https://127.0.0.1:$https" >"$state/endpoint-https"
+  fi
   export AWS_ACCESS_KEY_ID=testkey AWS_SECRET_ACCESS_KEY=testsecret
   if [ "$cmd" = run ]; then
     exec "$weed" "${args[@]}" >"$state/weed.log" 2>&1

@@ -2,7 +2,8 @@
 # Installs everything the demo and the tests need on a fresh Debian 12 machine (as root), then
 # builds ferry once (static, release) and the pod images. Idempotent; fast when already done.
 #   apt:  podman runc catatonit busybox-static (pods), curl, time, binutils, ca-certificates,
-#         s3fs (the Galaxy test of collect --link-outputs-under on a FUSE mount of the bucket)
+#         s3fs (the Galaxy test of collect --link-outputs-under on a FUSE mount of the bucket),
+#         openssl (the HTTPS tests make a CA)
 #   pip:  a venv in .venv with SeaweedFS (the S3 server), pytest, kubernetes-validate, Galaxy
 #   cargo: target/x86_64-unknown-linux-gnu/release/ferry
 set -euo pipefail
@@ -10,12 +11,12 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 
 missing=()
-for cmd in curl /usr/bin/time python3 objcopy s3fs; do command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd"); done
+for cmd in curl /usr/bin/time python3 objcopy s3fs openssl; do command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd"); done
 [ -f /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 if [ ${#missing[@]} -gt 0 ] || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
-  apt-get install -y -q --no-install-recommends curl time python3-venv ca-certificates binutils s3fs
+  apt-get install -y -q --no-install-recommends curl time python3-venv ca-certificates binutils s3fs openssl
 fi
 scripts/podman-setup.sh
 

@@ -109,8 +109,14 @@ pub struct InjectArgs {
     #[arg(short = 'f', long = "file", default_value = "-")]
     pub file: String,
     /// Extra environment for ferry's containers, NAME=VALUE (repeatable), e.g. AWS_ENDPOINT_URL=…
+    /// Credentials are refused here (exit 2): see --credentials-secret.
     #[arg(long = "env", value_name = "NAME=VALUE")]
     pub env: Vec<String>,
+    /// A Kubernetes Secret holding AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and optionally
+    /// AWS_SESSION_TOKEN): referenced (secretKeyRef) by ferry's containers only, never by the
+    /// tool's. Not needed with IRSA / EKS Pod Identity.
+    #[arg(long, value_name = "NAME")]
+    pub credentials_secret: Option<String>,
     /// For jobs that write no exit-code file themselves (any batch pod, not Galaxy): run every
     /// tool container's command under `/ferry-bin/ferry exec --exit-code-file <manifest's file>`.
     /// ferry-init copies ferry into a small emptyDir mounted read-only at /ferry-bin. The

@@ -14,3 +14,5 @@ pub const CACHE_MAX_BYTES: &str = "FERRY_CACHE_MAX_BYTES";
 pub const STATE_DIR: &str = "FERRY_STATE_DIR";
 pub const TIMEOUT: &str = "FERRY_TIMEOUT";
 pub const START_GRACE: &str = "FERRY_START_GRACE";
+/// A PEM file of CA certificates trusted besides the system roots (the AWS convention).
+pub const AWS_CA_BUNDLE: &str = "AWS_CA_BUNDLE";

@@ -28,12 +28,15 @@ pub enum ExitCode {
     Timeout = 10,
     /// The Kubernetes YAML given to `inject` cannot be used.
     Yaml = 11,
+    /// The TLS handshake with the S3 endpoint failed: its certificate is not trusted (private CA:
+    /// set `AWS_CA_BUNDLE`), or it does not speak TLS.
+    Tls = 12,
     /// SIGINT or SIGTERM arrived before the work was done; re-run to finish.
     Interrupted = 130,
 }
 
 impl ExitCode {
-    pub const ALL: [ExitCode; 12] = [
+    pub const ALL: [ExitCode; 13] = [
         ExitCode::Ok,
         ExitCode::Usage,
         ExitCode::Manifest,
@@ -45,6 +48,7 @@ impl ExitCode {
         ExitCode::JobFailed,
         ExitCode::Timeout,
         ExitCode::Yaml,
+        ExitCode::Tls,
         ExitCode::Interrupted,
     ];
 
@@ -67,6 +71,9 @@ impl ExitCode {
             ExitCode::JobFailed => "the job ended without an exit code (crash, OOM, eviction)",
             ExitCode::Timeout => "a wait ran out (--timeout / --wait)",
             ExitCode::Yaml => "Kubernetes YAML unusable by inject",
+            ExitCode::Tls => {
+                "TLS handshake with the S3 endpoint failed: certificate not trusted (private CA: set AWS_CA_BUNDLE), or not HTTPS"
+            }
             ExitCode::Interrupted => "interrupted by SIGINT/SIGTERM; re-run to finish",
         }
     }
@@ -142,6 +149,9 @@ pub enum Error {
     #[error("yaml: {0}")]
     Yaml(String),
 
+    #[error("s3 endpoint {endpoint}: {reason} (not retried)")]
+    Tls { endpoint: String, reason: String },
+
     #[error(
         "interrupted by {0}; nothing partial is at a final path, re-run the same command to finish"
     )]
@@ -161,6 +171,7 @@ impl Error {
             Error::JobFailed { .. } => ExitCode::JobFailed,
             Error::Timeout(_) => ExitCode::Timeout,
             Error::Yaml(_) => ExitCode::Yaml,
+            Error::Tls { .. } => ExitCode::Tls,
             Error::Interrupted(_) => ExitCode::Interrupted,
         }
     }
@@ -209,7 +220,7 @@ mod tests {
         let mut codes: Vec<u8> = ExitCode::ALL.iter().map(|c| c.code()).collect();
         codes.sort();
         codes.dedup();
-        assert_eq!(codes.len(), 12);
+        assert_eq!(codes.len(), 13);
         for c in ExitCode::ALL {
             assert!(table.contains(c.meaning()), "{c:?} missing from the table");
         }

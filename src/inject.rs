@@ -30,6 +30,8 @@ use crate::manifest::{Manifest, is_within};
 use serde_yaml_ng::{Mapping, Value};
 use std::io::Read;
 
+pub mod credentials;
+
 pub const INIT_NAME: &str = "ferry-init";
 pub const SIDECAR_NAME: &str = "ferry-sidecar";
 /// The ferry image's own user (`USER 65532:65532`), used unless the tool names its user.
@@ -81,6 +83,12 @@ pub struct Options<'a> {
 
 pub async fn run(args: &InjectArgs) -> Result<String> {
     let extra_env = parse_env(&args.env)?;
+    credentials::refuse_plain_credentials(&extra_env)?;
+    let secret = args
+        .credentials_secret
+        .as_deref()
+        .map(credentials::check_secret_name)
+        .transpose()?;
     let (manifest, manifest_url) = load_manifest(&args.manifest).await?;
     let cache = args.cache.as_deref().map(parse_cache).transpose()?;
     let input = read_input(&args.file)?;
@@ -94,7 +102,7 @@ pub async fn run(args: &InjectArgs) -> Result<String> {
         cache: cache.as_deref(),
         disk: args.disk.map(|d| d.0),
     };
-    inject(&input, &manifest, &opts)
+    inject_with_credentials(&input, &manifest, &opts, secret)
 }
 
 /// `NAME=VALUE` pairs (`--env`); the value may be empty or contain `=`.
@@ -146,8 +154,20 @@ fn read_input(file: &str) -> Result<String> {
 
 /// Injects into one YAML or JSON document; returns YAML.
 pub fn inject(input: &str, manifest: &Manifest, opts: &Options) -> Result<String> {
+    inject_with_credentials(input, manifest, opts, None)
+}
+
+/// [`inject`], with ferry's containers reading static keys from the Secret `secret`; either way
+/// the other containers are kept from IRSA / Pod Identity (see [`credentials`]).
+pub fn inject_with_credentials(
+    input: &str,
+    manifest: &Manifest,
+    opts: &Options,
+    secret: Option<&str>,
+) -> Result<String> {
     let mut doc = parse(input)?;
     inject_value(&mut doc, manifest, opts)?;
+    credentials::isolate(&mut doc, secret)?;
     to_yaml_1_1_safe(doc)
 }
 
@@ -1067,7 +1087,7 @@ mod tests {
 
     const NO_ENV: &[(String, String)] = &[];
 
-    fn opts(sidecar: SidecarKind) -> Options<'static> {
+    pub(super) fn opts(sidecar: SidecarKind) -> Options<'static> {
         Options {
             manifest_url: "s3://b/ferry/jobs/42/manifest.json",
             image: "registry.example/ferry:0.1",
@@ -1080,7 +1100,7 @@ mod tests {
         }
     }
 
-    const JOB: &str = r#"
+    pub(super) const JOB: &str = r#"
 apiVersion: batch/v1
 kind: Job
 metadata:
@@ -1134,7 +1154,7 @@ spec:
         serde_yaml_ng::from_str(&inject(input, &sample(), &opts(sidecar)).unwrap()).unwrap()
     }
 
-    fn spec(v: &Value) -> &Value {
+    pub(super) fn spec(v: &Value) -> &Value {
         if v.get("kind").and_then(Value::as_str) == Some("Job") {
             &v["spec"]["template"]["spec"]
         } else {
@@ -1382,10 +1402,14 @@ spec:
             after["spec"]["backoffLimit"],
             before["spec"]["backoffLimit"]
         );
-        assert_eq!(
-            after["spec"]["template"]["metadata"],
-            before["spec"]["template"]["metadata"]
-        );
+        // The template's metadata is kept; inject only adds the pod identity skip annotation.
+        let mut template = after["spec"]["template"]["metadata"].clone();
+        let skip = template["annotations"]
+            .as_mapping_mut()
+            .unwrap()
+            .remove(credentials::SKIP_CONTAINERS);
+        assert_eq!(skip.as_ref().and_then(Value::as_str), Some("tool"));
+        assert_eq!(template, before["spec"]["template"]["metadata"]);
         let (b, a) = (spec(&before), spec(&after));
         assert_eq!(a["restartPolicy"], b["restartPolicy"]);
         assert_eq!(a["securityContext"], b["securityContext"]);

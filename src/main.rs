@@ -2,9 +2,18 @@ use clap::Parser;
 use ferry::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
+    // Before anything else: with a shared PID namespace the tool runs as ferry's UID, and could
+    // otherwise read ferry's credentials in /proc/<pid>/environ (and its memory, open files and
+    // mounts via /proc/<pid>/{mem,fd,root}). A non-dumpable process's /proc entries need
+    // CAP_SYS_PTRACE, which no container of the pod has. `execve` resets the flag, so the command
+    // `ferry exec` runs is unaffected.
+    let protected = nix::sys::prctl::set_dumpable(false);
     let cli = Cli::parse();
     ferry::init_logging(cli.log_format);
     let in_pod = matches!(cli.command, Command::Init(_) | Command::Sidecar(_));
+    if let Err(e) = protected {
+        tracing::warn!("could not mark the process non-dumpable: {e}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -3,6 +3,8 @@
 
 use crate::env;
 use crate::error::{Error, Result};
+
+mod tls;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -57,6 +59,8 @@ pub struct Head {
 
 pub struct Store {
     client: Client,
+    /// The endpoint, as error lines name it.
+    endpoint: String,
     pub bucket: String,
     counters: Counters,
     /// Multipart uploads in flight (key → upload id), aborted if the process is interrupted.
@@ -97,12 +101,16 @@ impl Store {
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(10))
             .build();
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(region)
             .retry_config(retry)
-            .timeout_config(timeouts)
-            .load()
-            .await;
+            .timeout_config(timeouts);
+        // STS (IRSA) and S3 alike trust AWS_CA_BUNDLE's CAs.
+        if let Some(client) = tls::http_client()? {
+            loader = loader.http_client(client);
+        }
+        let sdk = loader.load().await;
+        let endpoint = tls::endpoint_name(&sdk, bucket);
         // The standard retry's shared token bucket allows ~50 retries per process: at 16
         // transfers at once a 3-second outage used it up. Each request keeps its own attempt
         // budget (FERRY_S3_MAX_ATTEMPTS) and backoff instead.
@@ -113,9 +121,16 @@ impl Store {
         let conf = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(bool_env(env::S3_FORCE_PATH_STYLE))
             .retry_partition(partition)
+            .retry_classifier(tls::FailedHandshake)
+            // No aws-chunked streamed checksum trailer (Garage, older Ceph RGW and MinIO refuse
+            // it): ferry sends the checksums it computes itself as plain headers.
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
             .build();
         Ok(Store {
             client: Client::from_conf(conf),
+            endpoint,
             bucket: bucket.to_string(),
             counters: Counters::default(),
             open_uploads: Mutex::new(HashMap::new()),
@@ -142,6 +157,12 @@ impl Store {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
+        if let Some(reason) = tls::handshake_error(&e) {
+            return Error::Tls {
+                endpoint: self.endpoint.clone(),
+                reason,
+            };
+        }
         let status = e.raw_response().map(|r| r.status().as_u16());
         let code = e.code().unwrap_or_default().to_string();
         // A service error says it in its code and message; anything else (network, timeout)
@@ -386,6 +407,16 @@ impl Store {
             .build()
             .await
             .map_err(|e| Error::io(path, "open for upload", std::io::Error::other(e)))?;
+        // The part's CRC32, computed here and sent as a header (the server verifies it), not
+        // by the SDK in a streamed trailer that many S3-compatible servers refuse.
+        let crc32 = {
+            let p = path.to_path_buf();
+            tokio::task::spawn_blocking(move || crate::checksum::crc32_of_range(&p, offset, len))
+                .await
+                .map_err(|e| Error::io(path, "checksum part", std::io::Error::other(e)))?
+                .map_err(|e| Error::io(path, "checksum part", e))?
+        };
+        let crc32 = aws_smithy_types::base64::encode(crc32.to_be_bytes());
         let out = self
             .client
             .upload_part()
@@ -393,7 +424,7 @@ impl Store {
             .key(key)
             .upload_id(upload_id)
             .part_number(number)
-            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .checksum_crc32(&crc32)
             .body(body)
             .send()
             .await
@@ -401,7 +432,7 @@ impl Store {
         Ok(CompletedPart::builder()
             .part_number(number)
             .set_e_tag(out.e_tag().map(str::to_string))
-            .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
+            .checksum_crc32(crc32)
             .build())
     }
 

@@ -107,6 +107,10 @@ def cache_spec(value: str) -> str:
     return value
 
 
+# What `ferry inject --env` refuses (src/inject/credentials.rs CREDENTIAL_NAMES).
+CREDENTIAL_NAMES = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                              "AWS_SECURITY_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN"})
+
 FERRY_PARAM_SPECS = dict(
     # Each can be set on the runner plugin (job_conf `runners:`) and on a destination or TPV rule
     # (`params:`); the destination's value wins. ferry_transfer_threads is the plugin's only.
@@ -151,6 +155,9 @@ FERRY_PARAM_SPECS = dict(
     # Threads that run stage (before the Job is created) and collect (after it ended), apart from Galaxy's
     # runner workers, so slow transfers never hold up the handler's other jobs. Plugin only.
     ferry_transfer_threads=dict(map=int, valid=lambda x: int(x) >= 1, default=4),
+    # A Kubernetes Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for ferry's containers only
+    # (inject --credentials-secret), where IRSA / Pod Identity is not used.
+    ferry_credentials_secret=dict(map=str, default=None),
 )
 
 # Settings a destination cannot change: they belong to the runner plugin as a whole.
@@ -333,7 +340,12 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
     def _inject(self, url: str, spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
         args = ["inject", "--manifest", url, "--image", settings.image, "--sidecar", settings.sidecar]
         for name, value in settings.env.items():
-            args += ["--env", f"{name}={value}"]
+            # Keys in ferry_env serve the handler only: a pod gets them from ferry_credentials_secret
+            # (inject refuses credentials as plain values in the Job spec).
+            if name not in CREDENTIAL_NAMES:
+                args += ["--env", f"{name}={value}"]
+        if settings.credentials_secret:
+            args += ["--credentials-secret", settings.credentials_secret]
         if settings.disk is not None:
             args += ["--disk", str(settings.disk)]
         if settings.cache:

@@ -201,6 +201,8 @@ class Proxy:
         self.faults = collections.Counter()
         self.requests = collections.Counter()  # "METHOD object|bucket"
         self.events = []  # one Event per request, in arrival order
+        self.statuses = {}  # event index -> HTTP status the client got (absent: none, e.g. a reset)
+        self.streamed = 0  # requests with an aws-chunked body (a streamed checksum trailer)
         self.upstream_failures = 0  # requests the upstream refused or dropped (client got a reset)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -342,12 +344,17 @@ class Proxy:
                         self.faults[kind] += 1
                     self.events.append(Event(method, path, urllib.parse.urlsplit(target).query,
                                              headers.get("range"), kind))
+                    index = len(self.events) - 1
+                    if ("aws-chunked" in headers.get("content-encoding", "")
+                            or headers.get("x-amz-content-sha256", "").startswith("STREAMING-")):
+                        self.streamed += 1
                     self._cond.notify_all()
                 pace = _Pace(self.rate)
                 body, _ = _read_body(rfile, headers, pace)
                 if body is None:
                     body = b""  # a request without framing has no body
                 if kind in ERROR_BODIES:
+                    self._status(index, int(kind))
                     conn.sendall(self._error(kind, path))
                     continue
                 if kind == "reset":
@@ -357,6 +364,7 @@ class Proxy:
                 up, status, resp_lines, resp_body, until_eof = self._forward(up, method, start, lines,
                                                                             body)
                 head_bytes = status + b"".join(resp_lines) + b"\r\n"
+                self._status(index, int(status.split()[1]))
                 if kind == "reset_body":
                     if resp_body:
                         conn.sendall(head_bytes + resp_body[: len(resp_body) // 2])
@@ -379,6 +387,15 @@ class Proxy:
             _reset(conn)  # after a fault or an upstream failure the client sees a reset
             if up is not None:
                 up[0].close()
+
+    def _status(self, index, code):
+        with self._lock:
+            self.statuses[index] = code
+
+    def records(self):
+        """(Event, HTTP status or None) per request, in arrival order."""
+        with self._lock:
+            return [(e, self.statuses.get(i)) for i, e in enumerate(self.events)]
 
     def _forward(self, up, method, start, lines, body):
         """Sends the request upstream (a fresh connection if a kept-alive one went stale)."""

@@ -87,6 +87,7 @@ class GalaxyJob:
             ferry_image=podlib.FERRY_IMAGE,
             ferry_sidecar="shared-pid",  # podman has no native sidecars
             ferry_env=self.s3.env(),
+            ferry_credentials_secret=podlib.credentials_secret(),
             ferry_collect_wait=20,
         )
         runner = FerryKubernetesJobRunner(self.app, 1, **{**params, **self.extra_runner_params})

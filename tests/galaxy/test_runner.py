@@ -16,6 +16,7 @@ from galaxy.jobs.runners.kubernetes import KubernetesJobRunner
 from galaxy.tool_util.output_checker import DETECTED_JOB_STATE
 
 import galaxy_stubs
+import podlib
 from ferry_galaxy.runner import FerryKubernetesJobRunner
 from harness import drain, GalaxyJob
 
@@ -35,7 +36,7 @@ def exit_code_galaxy_reads(job):
 
 def without_ferry(job_spec):
     """A Job spec minus what ferry adds: inject's containers, emptyDirs and their mounts, the pod
-    settings it sets, and the runner's serviceAccountName."""
+    settings it sets, the skip-containers annotation, and the runner's serviceAccountName."""
     job_spec = copy.deepcopy(job_spec)
     pod = job_spec["template"]["spec"]
     ours = {v["name"] for v in pod.get("volumes", []) if v["name"].startswith("ferry-") and "emptyDir" in v}
@@ -55,6 +56,10 @@ def without_ferry(job_spec):
         del pod["initContainers"]
     for key in ("shareProcessNamespace", "terminationGracePeriodSeconds", "serviceAccountName"):
         pod.pop(key, None)
+    annotations = job_spec["template"].get("metadata", {}).get("annotations", {})
+    annotations.pop("eks.amazonaws.com/skip-containers", None)  # the tool gets no IRSA credentials
+    if not annotations:
+        job_spec["template"].get("metadata", {}).pop("annotations", None)
     return job_spec
 
 
@@ -164,7 +169,13 @@ def test_the_job_galaxy_creates_is_galaxys_own_plus_ferrys_containers_and_volume
     assert [c["name"] for c in pod["containers"]] == ["k8s", "zz-ferry-sidecar"]
     assert pod["shareProcessNamespace"] is True
     assert pod["serviceAccountName"] == "ferry", "the account IRSA maps to the S3 role"
-    manifest = {e["name"]: e["value"] for e in pod["initContainers"][0]["env"]}["FERRY_MANIFEST"]
+    # Only ferry's containers get S3 credentials: by reference to the Secret, never the tool.
+    tool_env = {e["name"] for e in pod["containers"][0].get("env", [])}
+    assert not tool_env & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, tool_env
+    secret_refs = [e for e in pod["initContainers"][0]["env"] if e["name"] == "AWS_SECRET_ACCESS_KEY"]
+    assert [e["valueFrom"]["secretKeyRef"]["name"] for e in secret_refs] == [podlib.credentials_secret()]
+    assert created["spec"]["template"]["metadata"]["annotations"]["eks.amazonaws.com/skip-containers"] == "k8s"
+    manifest = {e["name"]: e.get("value") for e in pod["initContainers"][0]["env"]}["FERRY_MANIFEST"]
     assert manifest == job.ajs.ferry_manifest_url == f"s3://{job.bucket}/{job.prefix}/jobs/{job.id}/manifest.json"
     assert galaxys["template"]["metadata"]["labels"]["app.kubernetes.io/version"] == "2024-01-01"
     assert {"name": "GALAXY_SLOTS", "value": "2"} in pod["containers"][0]["env"]
@@ -244,3 +255,15 @@ def test_the_example_galaxy_yml_sets_only_options_galaxy_knows():
 
     assert ours["outputs_to_working_directory"] is True
     assert set(ours) <= set(known), set(ours) - set(known)
+
+
+def test_the_runner_keeps_from_inject_env_exactly_the_names_inject_refuses():
+    import re
+
+    from ferry_galaxy import runner
+
+    src = (REPO / "src/inject/credentials.rs").read_text()
+    block = src[src.index("pub const CREDENTIAL_NAMES"):]
+    refused = set(re.findall(r'"([A-Z_]+)"', block[: block.index("];")]))
+    assert "AWS_SECRET_ACCESS_KEY" in refused
+    assert runner.CREDENTIAL_NAMES == refused

@@ -12,7 +12,10 @@ REPO = Path(__file__).resolve().parents[2]
 FERRY = REPO / "target/x86_64-unknown-linux-gnu/release/ferry"
 FERRY_IMAGE = os.environ.get("FERRY_IMAGE", "localhost/ferry:dev")
 TOOL_IMAGE = "localhost/ferry-tool:dev"
-KEY, SECRET = "testkey", "testsecret"
+# Another S3 server's keys and region (scripts/compat.sh runs the suites against Garage).
+KEY = os.environ.get("FERRY_TEST_S3_KEY", "testkey")
+SECRET = os.environ.get("FERRY_TEST_S3_SECRET", "testsecret")
+REGION = os.environ.get("FERRY_TEST_S3_REGION", "us-east-1")
 
 
 class S3:
@@ -36,7 +39,7 @@ class S3:
             "AWS_ACCESS_KEY_ID": KEY,
             "AWS_SECRET_ACCESS_KEY": SECRET,
             "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_REGION": "us-east-1",
+            "AWS_REGION": REGION,
             "FERRY_S3_FORCE_PATH_STYLE": "true",
             "NO_COLOR": "1",
         }
@@ -46,7 +49,7 @@ class S3:
         from botocore.config import Config
 
         return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=KEY,
-                            aws_secret_access_key=SECRET, region_name="us-east-1",
+                            aws_secret_access_key=SECRET, region_name=REGION,
                             config=Config(s3={"addressing_style": "path"}))
 
     def new_bucket(self, name):
@@ -97,12 +100,40 @@ def podman(*args, check=True):
     return p
 
 
+CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+_secret = None
+
+
+def credentials_secret():
+    """A podman secret holding the test server's keys, for `inject --credentials-secret`.
+    podman 4.3's `kube play` reads a secretKeyRef's value from a podman secret whose data is a
+    JSON map of base64 values (a `kind: Secret` document played by it is not readable that way).
+    One per test process, removed when it ends."""
+    global _secret
+    if _secret is None:
+        import atexit
+        import base64
+
+        name = f"ferry-test-s3-{os.getpid()}"
+        data = json.dumps({k: base64.b64encode(v.encode()).decode()
+                           for k, v in (("AWS_ACCESS_KEY_ID", KEY), ("AWS_SECRET_ACCESS_KEY", SECRET))})
+        podman("secret", "rm", name, check=False)
+        env = {**os.environ, "CONTAINERS_CONF": str(REPO / "target/containers.conf")}
+        subprocess.run(["podman", "secret", "create", name, "-"], input=data, env=env, check=True,
+                       capture_output=True, text=True)
+        atexit.register(podman, "secret", "rm", name, check=False)
+        _secret = name
+    return _secret
+
+
 def s3_env_for_pod(s3):
-    """`--env` flags so ferry's containers reach the local server (credentials stay in ferry's containers)."""
+    """`inject` flags so ferry's containers reach the local server: `--env` for the endpoint and
+    settings, `--credentials-secret` for the keys (inject refuses them as plain values)."""
     flags = []
     for k, v in s3.env().items():
-        flags += ["--env", f"{k}={v}"]
-    return flags
+        if k not in CREDENTIALS:
+            flags += ["--env", f"{k}={v}"]
+    return flags + ["--credentials-secret", credentials_secret()]
 
 
 class Pod:

@@ -1,0 +1,155 @@
+//! TLS for the S3 client: the CAs it trusts (`AWS_CA_BUNDLE` on top of the system roots) and
+//! telling a failed TLS handshake (an untrusted certificate, an endpoint that does not speak TLS:
+//! fatal at once) from a network error (retried).
+
+use crate::env;
+use crate::error::{Error, Result};
+use aws_sdk_s3::config::SharedHttpClient;
+use aws_sdk_s3::config::interceptors::InterceptorContext;
+use aws_sdk_s3::config::retry::{ClassifyRetry, RetryAction};
+use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
+use aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriority;
+
+/// The SDK's own HTTPS client (rustls) trusting the system roots plus the certificates of
+/// `AWS_CA_BUNDLE`; `None` (the SDK's default client) without it. The system roots are
+/// `/etc/ssl/certs/ca-certificates.crt` and friends, or `SSL_CERT_FILE` / `SSL_CERT_DIR`
+/// instead when set (rustls-native-certs reads them).
+pub fn http_client() -> Result<Option<SharedHttpClient>> {
+    let path = match std::env::var(env::AWS_CA_BUNDLE) {
+        Ok(p) if !p.is_empty() => p,
+        _ => return Ok(None),
+    };
+    let bad = |why: String| Error::Config(format!("{}={path}: {why}", env::AWS_CA_BUNDLE));
+    let pem = std::fs::read(&path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    // The SDK parses the bundle lazily and panics on a bad one: check it here first.
+    check_bundle(&pem).map_err(|why| bad(format!("{why}; give a PEM file of CA certificates")))?;
+    let trust = TrustStore::default().with_pem_certificate(pem);
+    let context = TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(Some(
+        aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+            .tls_context(context)
+            .build_https(),
+    ))
+}
+
+/// The number of certificates in a PEM bundle, each usable as a trust anchor.
+pub fn check_bundle(pem: &[u8]) -> std::result::Result<usize, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM ({e})"))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificate".into());
+    }
+    let n = certs.len();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("a certificate in it is unusable ({e})"))?;
+    }
+    Ok(n)
+}
+
+/// How error lines name the endpoint: `AWS_ENDPOINT_URL` (or the profile's), else AWS's own.
+pub fn endpoint_name(sdk: &aws_config::SdkConfig, bucket: &str) -> String {
+    match sdk.endpoint_url() {
+        Some(url) => url.to_string(),
+        None => {
+            let region = sdk.region().map(|r| r.as_ref()).unwrap_or("us-east-1");
+            format!("https://{bucket}.s3.{region}.amazonaws.com")
+        }
+    }
+}
+
+/// What went wrong in the TLS handshake, found somewhere in an error's chain, as the rest of an
+/// error line: an untrusted certificate (`UnknownIssuer`, `NotValidForName`, `Expired`…) and the
+/// fix, or another handshake failure (e.g. `https://` to a plain-HTTP port).
+pub fn handshake_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        match err.downcast_ref::<rustls::Error>() {
+            Some(rustls::Error::InvalidCertificate(c)) => {
+                return Some(format!(
+                    "TLS certificate not trusted ({c:?}); if it is signed by a private CA, set \
+                     AWS_CA_BUNDLE to a PEM file holding that CA"
+                ));
+            }
+            Some(other) => {
+                return Some(format!(
+                    "TLS handshake failed ({other}); check that the endpoint speaks HTTPS on that \
+                     port (or give it as http://)"
+                ));
+            }
+            None => {}
+        }
+        // `io::Error::source` skips the error it wraps: look inside it too.
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            && let Some(found) = handshake_error(inner)
+        {
+            return Some(found);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// A failed handshake fails the same way on the next attempt: never retried (the SDK's standard
+/// retry treats it as a transient I/O error and retried it for ~40 s).
+#[derive(Debug)]
+pub struct FailedHandshake;
+
+impl ClassifyRetry for FailedHandshake {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        match ctx.output_or_error() {
+            Some(Err(e))
+                if e.as_connector_error()
+                    .is_some_and(|c| handshake_error(c).is_some()) =>
+            {
+                RetryAction::RetryForbidden
+            }
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "ferry: failed TLS handshake"
+    }
+
+    fn priority(&self) -> RetryClassifierPriority {
+        RetryClassifierPriority::run_after(RetryClassifierPriority::transient_error_classifier())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bundle_without_a_certificate_is_refused() {
+        assert!(check_bundle(b"").is_err());
+        assert!(check_bundle(b"hello\n").is_err());
+        let garbage = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(check_bundle(garbage).is_err());
+    }
+
+    #[test]
+    fn a_handshake_error_is_found_inside_an_io_error() {
+        let rustls_err = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls_err);
+        let line = handshake_error(&io).unwrap();
+        assert!(
+            line.contains("(UnknownIssuer)") && line.contains("AWS_CA_BUNDLE"),
+            "{line}"
+        );
+        let other = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(handshake_error(&other), None);
+    }
+}
