@@ -31,6 +31,11 @@ use serde_yaml_ng::{Mapping, Value};
 use std::io::Read;
 
 pub mod credentials;
+mod wrap;
+mod yaml;
+
+use wrap::*;
+use yaml::*;
 
 pub const INIT_NAME: &str = "ferry-init";
 pub const SIDECAR_NAME: &str = "ferry-sidecar";
@@ -171,83 +176,6 @@ pub fn inject_with_credentials(
     to_yaml_1_1_safe(doc)
 }
 
-/// True for a string a YAML 1.1 reader (kubectl's go-yaml v2, PyYAML) would not read back as a
-/// string when written plain: booleans such as `yes`/`on`, dates, sexagesimal and octal numbers.
-/// serde_yaml_ng writes YAML 1.2 and quotes only the 1.2 ambiguities.
-fn ambiguous_in_yaml_1_1(s: &str) -> bool {
-    const WORDS: [&str; 22] = [
-        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
-        "OFF", "true", "True", "TRUE", "false", "False", "FALSE",
-    ];
-    let b = s.as_bytes();
-    let digits_and =
-        |extra: &[u8]| !b.is_empty() && b.iter().all(|c| c.is_ascii_digit() || extra.contains(c));
-    WORDS.contains(&s)
-        || (b.len() >= 8
-            && b[..4].iter().all(u8::is_ascii_digit)
-            && b[4] == b'-'
-            && b[1..].contains(&b'-'))
-        || (digits_and(b":._") && s.contains(':'))
-        || (b.len() > 1 && b[0] == b'0' && digits_and(b"_"))
-}
-
-/// YAML that YAML 1.1 readers read back the same: ambiguous strings come out single-quoted.
-fn to_yaml_1_1_safe(mut doc: Value) -> Result<String> {
-    let mut quoted = Vec::new();
-    mark_ambiguous(&mut doc, &mut quoted);
-    let mut out = serde_yaml_ng::to_string(&doc)
-        .map_err(|e| Error::Yaml(format!("cannot write the result: {e}")))?;
-    for (i, original) in quoted.iter().enumerate().rev() {
-        out = out.replace(
-            &placeholder(i),
-            &format!("'{}'", original.replace('\'', "''")),
-        );
-    }
-    Ok(out)
-}
-
-fn placeholder(i: usize) -> String {
-    format!("ferry-quoted-placeholder-{i}-x")
-}
-
-fn mark_ambiguous(v: &mut Value, quoted: &mut Vec<String>) {
-    match v {
-        Value::String(s) if ambiguous_in_yaml_1_1(s) => {
-            quoted.push(std::mem::replace(s, placeholder(quoted.len())));
-        }
-        Value::Sequence(items) => items.iter_mut().for_each(|i| mark_ambiguous(i, quoted)),
-        Value::Mapping(m) => {
-            let entries: Vec<(Value, Value)> = std::mem::take(m).into_iter().collect();
-            for (mut k, mut val) in entries {
-                mark_ambiguous(&mut k, quoted);
-                mark_ambiguous(&mut val, quoted);
-                m.insert(k, val);
-            }
-        }
-        Value::Tagged(t) => mark_ambiguous(&mut t.value, quoted),
-        _ => {}
-    }
-}
-
-fn parse(input: &str) -> Result<Value> {
-    let doc = match serde_yaml_ng::from_str::<Value>(input) {
-        Ok(v) => v,
-        // libyaml reads nearly all JSON; serde_json covers the rest (key order is then sorted).
-        Err(yaml) => match serde_json::from_str::<serde_json::Value>(input) {
-            Ok(j) => serde_yaml_ng::to_value(j).map_err(|e| Error::Yaml(e.to_string()))?,
-            Err(_) => {
-                return Err(Error::Yaml(format!(
-                    "the input is not one YAML or JSON document ({yaml}); give {SUPPORTED}"
-                )));
-            }
-        },
-    };
-    if doc.is_null() {
-        return Err(Error::Yaml(format!("the input is empty; give {SUPPORTED}")));
-    }
-    Ok(doc)
-}
-
 /// Injects into a parsed document (Pod, Job, PodTemplate, pod template or pod spec).
 pub fn inject_value(doc: &mut Value, manifest: &Manifest, opts: &Options) -> Result<()> {
     let spec = pod_spec(doc)?;
@@ -301,15 +229,37 @@ fn pod_spec(doc: &mut Value) -> Result<&mut Mapping> {
 
 /// Adds volumes, mounts, the init container, the sidecar and the pod-level settings.
 pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) -> Result<()> {
-    let names = volume_names(&manifest.job_id, manifest.roots.len());
-    let bin_name = bin_volume_name(&manifest.job_id);
+    remove_ours(spec, manifest);
+    let tool_names = check_pod(spec, manifest, opts)?;
+    let mounts = add_volumes(spec, manifest, opts)?;
+    add_ferry_containers(spec, manifest, opts, &mounts, &tool_names)?;
+    let grace = match spec.get("terminationGracePeriodSeconds") {
+        None | Some(Value::Null) => GRACE_SECONDS,
+        Some(v) => v.as_i64().ok_or_else(|| {
+            Error::Yaml(format!(
+                "terminationGracePeriodSeconds {v:?} is not a number"
+            ))
+        })?,
+    };
+    spec.insert(
+        "terminationGracePeriodSeconds".into(),
+        grace.max(GRACE_SECONDS).into(),
+    );
+    if let Some(vols) = spec.get_mut("volumes") {
+        fix_octal_modes(vols);
+    }
+    request_ephemeral_storage(spec, manifest, opts.disk)
+}
 
-    // 1. Remove what an earlier injection added.
+/// Step 1: removes what an earlier injection added (volumes, their mounts, ferry's containers,
+/// the `--wrap` of tool commands), so injecting twice equals injecting once.
+fn remove_ours(spec: &mut Mapping, manifest: &Manifest) {
+    let names = volume_names(&manifest.job_id, manifest.roots.len());
     let mut ours: Vec<String> = names
         .iter()
         .cloned()
         .chain([
-            bin_name.clone(),
+            bin_volume_name(&manifest.job_id),
             CACHE_VOLUME.to_string(),
             state_volume_name(&manifest.job_id),
         ])
@@ -337,14 +287,16 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
             }
         }
     }
+}
 
-    // 2. Check what is left.
-    let tools = spec
+/// Step 2: checks what is left (containers, their mounts against the roots, `--wrap` and
+/// `--cache` paths); returns the tool containers' names.
+fn check_pod(spec: &Mapping, manifest: &Manifest, opts: &Options) -> Result<Vec<String>> {
+    let has_tools = spec
         .get("containers")
         .and_then(Value::as_sequence)
-        .map(Vec::as_slice)
-        .unwrap_or(&[]);
-    if tools.is_empty() {
+        .is_some_and(|c| !c.is_empty());
+    if !has_tools {
         return Err(Error::Yaml(
             "the pod has no containers: nothing would use the staged files".into(),
         ));
@@ -392,19 +344,29 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
             )));
         }
     }
-    let user = run_as(spec, &tools[0]);
+    Ok(tool_names)
+}
 
-    // 3. Add ours.
+/// A volume mount, read-only or not.
+fn mount(name: &str, path: &str, read_only: bool) -> Value {
+    let mut m = map([("name", name.into()), ("mountPath", path.into())]);
+    if read_only && let Some(m) = m.as_mapping_mut() {
+        m.insert("readOnly".into(), true.into());
+    }
+    m
+}
+
+/// Step 3: one emptyDir per root (and the cache and `/ferry-bin` volumes), mounted in every
+/// container of the pod; the tool containers' commands wrapped with `--wrap`. Returns the
+/// roots' mounts.
+fn add_volumes(spec: &mut Mapping, manifest: &Manifest, opts: &Options) -> Result<Vec<Value>> {
+    let names = volume_names(&manifest.job_id, manifest.roots.len());
+    let bin_name = bin_volume_name(&manifest.job_id);
     let mounts: Vec<Value> = manifest
         .roots
         .iter()
         .zip(&names)
-        .map(|(r, n)| {
-            map([
-                ("name", n.as_str().into()),
-                ("mountPath", r.path.as_str().into()),
-            ])
-        })
+        .map(|(r, n)| mount(n, &r.path, false))
         .collect();
     let volumes = manifest.roots.iter().zip(&names).map(|(r, n)| {
         let limit = r.bytes.saturating_add(work_space(manifest, opts.disk));
@@ -412,23 +374,6 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
         map([("name", n.as_str().into()), ("emptyDir", empty_dir)])
     });
     seq_mut(spec, "volumes", None)?.extend(volumes);
-    let bin_mount = |read_only: bool| {
-        let mut m = map([
-            ("name", bin_name.as_str().into()),
-            ("mountPath", BIN_DIR.into()),
-        ]);
-        if read_only && let Some(m) = m.as_mapping_mut() {
-            m.insert("readOnly".into(), true.into());
-        }
-        m
-    };
-    let cache_mount = |path: &str, read_only: bool| {
-        let mut m = map([("name", CACHE_VOLUME.into()), ("mountPath", path.into())]);
-        if read_only && let Some(m) = m.as_mapping_mut() {
-            m.insert("readOnly".into(), true.into());
-        }
-        m
-    };
     if let Some(cache) = opts.cache {
         let host = map([("path", cache.into()), ("type", "DirectoryOrCreate".into())]);
         let volume = map([("name", CACHE_VOLUME.into()), ("hostPath", host)]);
@@ -451,23 +396,42 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
                 .ok_or_else(|| Error::Yaml(format!("an entry of `{list}` is not a mapping")))?;
             seq_mut(c, "volumeMounts", None)?.extend(mounts.iter().cloned());
             if let Some(cache) = opts.cache {
-                seq_mut(c, "volumeMounts", None)?.push(cache_mount(cache, true));
+                seq_mut(c, "volumeMounts", None)?.push(mount(CACHE_VOLUME, cache, true));
             }
             if opts.wrap && list == "containers" {
-                seq_mut(c, "volumeMounts", None)?.push(bin_mount(true));
+                seq_mut(c, "volumeMounts", None)?.push(mount(&bin_name, BIN_DIR, true));
                 wrap(c, &manifest.exit_code_file, opts.entrypoint)?;
             }
         }
     }
+    Ok(mounts)
+}
 
+/// Step 4: `ferry-init` and the sidecar (first init container with `restartPolicy: Always`, or
+/// a regular container sorted after the tools with `shareProcessNamespace`), with the state
+/// volume that only they mount.
+fn add_ferry_containers(
+    spec: &mut Mapping,
+    manifest: &Manifest,
+    opts: &Options,
+    mounts: &[Value],
+    tool_names: &[String],
+) -> Result<()> {
+    let tool = spec
+        .get("containers")
+        .and_then(Value::as_sequence)
+        .and_then(|c| c.first())
+        .cloned()
+        .unwrap_or_default();
+    let user = run_as(spec, &tool);
     let memory = memory_limit(opts.extra_env)?;
-    let mut ferry_mounts = mounts.clone();
+    let mut ferry_mounts = mounts.to_vec();
     let (state, state_mount) = state_volume(&manifest.job_id);
     seq_mut(spec, "volumes", None)?.push(state);
     ferry_mounts.push(state_mount);
     let mut extra_env = vec![(env::STATE_DIR.to_string(), STATE_DIR.to_string())];
     if let Some(cache) = opts.cache {
-        ferry_mounts.push(cache_mount(cache, false));
+        ferry_mounts.push(mount(CACHE_VOLUME, cache, false));
         extra_env.push((env::CACHE_DIR.to_string(), cache.to_string()));
     }
     extra_env.extend(opts.extra_env.iter().cloned());
@@ -489,7 +453,7 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
             .get_mut("volumeMounts")
             .and_then(Value::as_sequence_mut)
     {
-        m.push(bin_mount(false));
+        m.push(mount(&bin_volume_name(&manifest.job_id), BIN_DIR, false));
     }
     let mode = match opts.sidecar {
         SidecarKind::Native => "native",
@@ -513,28 +477,13 @@ pub fn inject_pod_spec(spec: &mut Mapping, manifest: &Manifest, opts: &Options) 
         }
         SidecarKind::SharedPid => {
             inits.insert(0, init);
-            let name = sidecar_name(&tool_names)?;
+            let name = sidecar_name(tool_names)?;
             let sidecar = ferry(&name, &["sidecar", "--mode", mode], sidecar_env);
             seq_mut(spec, "containers", None)?.push(sidecar);
             spec.insert("shareProcessNamespace".into(), true.into());
         }
     }
-    let grace = match spec.get("terminationGracePeriodSeconds") {
-        None | Some(Value::Null) => GRACE_SECONDS,
-        Some(v) => v.as_i64().ok_or_else(|| {
-            Error::Yaml(format!(
-                "terminationGracePeriodSeconds {v:?} is not a number"
-            ))
-        })?,
-    };
-    spec.insert(
-        "terminationGracePeriodSeconds".into(),
-        grace.max(GRACE_SECONDS).into(),
-    );
-    if let Some(vols) = spec.get_mut("volumes") {
-        fix_octal_modes(vols);
-    }
-    request_ephemeral_storage(spec, manifest, opts.disk)
+    Ok(())
 }
 
 /// Bytes the job may write besides what is staged: `--disk`, else the staged bytes + 1 GiB
@@ -600,66 +549,6 @@ fn request_ephemeral_storage(
     Ok(())
 }
 
-/// A Kubernetes quantity in bytes (`20Gi`, `500M`, `1073741824`); None if not understood.
-fn parse_quantity(v: &Value) -> Option<u64> {
-    if let Some(n) = v.as_u64() {
-        return Some(n);
-    }
-    let s = v.as_str()?.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let mult: u64 = match unit {
-        "" => 1,
-        "Ki" => 1 << 10,
-        "Mi" => MIB,
-        "Gi" => GIB,
-        "Ti" => 1 << 40,
-        "k" => 1000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        _ => return None,
-    };
-    num.parse::<u64>().ok()?.checked_mul(mult)
-}
-
-/// `initContainers`, `volumes`…: the sequence at `key`, created (before `before`, if that key
-/// exists, else last) when absent.
-fn seq_mut<'a>(m: &'a mut Mapping, key: &str, before: Option<&str>) -> Result<&'a mut Vec<Value>> {
-    if m.get(key).is_none_or(Value::is_null) {
-        match before.filter(|b| m.contains_key(*b)) {
-            Some(b) => {
-                let old = std::mem::take(m);
-                for (k, v) in old {
-                    if k.as_str() == Some(b) {
-                        m.insert(key.into(), Value::Sequence(vec![]));
-                    }
-                    m.insert(k, v);
-                }
-            }
-            None => {
-                m.insert(key.into(), Value::Sequence(vec![]));
-            }
-        }
-    }
-    m.get_mut(key)
-        .and_then(Value::as_sequence_mut)
-        .ok_or_else(|| Error::Yaml(format!("`{key}` is not a list")))
-}
-
-fn map<const N: usize>(pairs: [(&str, Value); N]) -> Value {
-    Value::Mapping(
-        pairs
-            .into_iter()
-            .map(|(k, v)| (Value::from(k), v))
-            .collect(),
-    )
-}
-
-fn name_of(v: &Value) -> Option<&str> {
-    v.get("name").and_then(Value::as_str)
-}
-
 /// `ferry-init`, `ferry-sidecar`, `zz-ferry-sidecar`, `zzz-ferry-sidecar`…
 fn is_ferry_container(name: &str) -> bool {
     name == INIT_NAME
@@ -703,104 +592,6 @@ fn state_volume(job_id: &str) -> (Value, Value) {
 /// The `/ferry-bin` volume of `--wrap`: `ferry-<job id>-bin`, cleaned as in [`volume_names`].
 pub fn bin_volume_name(job_id: &str) -> String {
     format!("ferry-{}-bin", volume_base(job_id, "-bin".len()))
-}
-
-/// `command` + `args` → `/ferry-bin/ferry exec --exit-code-file EC -- command… args…`, without
-/// `args`. A container without `command` would run its image's ENTRYPOINT, which inject cannot
-/// see: `entrypoint` stands for it, else the container is refused.
-fn wrap(c: &mut Mapping, exit_code_file: &str, entrypoint: &[String]) -> Result<()> {
-    let name = c
-        .get("name")
-        .and_then(Value::as_str)
-        .unwrap_or("?")
-        .to_string();
-    let words = |key: &str| -> Result<Option<Vec<Value>>> {
-        match c.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Sequence(s)) if s.is_empty() => Ok(None),
-            Some(Value::Sequence(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(Error::Yaml(format!(
-                "container `{name}`: `{key}` is not a list"
-            ))),
-        }
-    };
-    let (command, args) = (words("command")?, words("args")?);
-    let command = match (command, args.is_some(), entrypoint.is_empty()) {
-        (Some(command), _, _) => command,
-        (None, true, false) => entrypoint.iter().map(|w| w.as_str().into()).collect(),
-        (None, false, false) => {
-            return Err(Error::Yaml(format!(
-                "container `{name}` sets neither `command` nor `args`, so its image's CMD would run, \
-                 which inject cannot see; --wrap needs `command` (or `args` with --entrypoint)"
-            )));
-        }
-        (None, _, true) => {
-            return Err(Error::Yaml(format!(
-                "container `{name}` sets no `command`, so its image's ENTRYPOINT would run, which \
-                 inject cannot see; --wrap needs `command` in the YAML, or the ENTRYPOINT given \
-                 with --entrypoint (repeat it once per word)"
-            )));
-        }
-    };
-    let wrapped: Vec<Value> = [BIN_FERRY, "exec", "--exit-code-file", exit_code_file, "--"]
-        .into_iter()
-        .map(Value::from)
-        .chain(command)
-        .chain(args.into_iter().flatten())
-        .collect();
-    if c.contains_key("command") {
-        c.insert("command".into(), Value::Sequence(wrapped));
-        c.shift_remove("args");
-    } else {
-        // `command` takes the place of `args`, so the key order stays the input's.
-        let old = std::mem::take(c);
-        for (k, v) in old {
-            if k.as_str() == Some("args") {
-                c.insert("command".into(), Value::Sequence(wrapped.clone()));
-            } else {
-                c.insert(k, v);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Undoes [`wrap`]: a command `/ferry-bin/ferry exec … -- ORIGINAL…` becomes `ORIGINAL…`.
-fn unwrap(c: &mut Value) {
-    let Some(command) = c.get_mut("command").and_then(Value::as_sequence_mut) else {
-        return;
-    };
-    let is_ours = command.first().and_then(Value::as_str) == Some(BIN_FERRY)
-        && command.get(1).and_then(Value::as_str) == Some("exec");
-    if let Some(end) = command
-        .iter()
-        .position(|w| w.as_str() == Some("--"))
-        .filter(|_| is_ours)
-    {
-        command.drain(..=end);
-    }
-}
-
-/// With `--wrap`, `/ferry-bin` is ferry's: a container must not mount anything at or inside it.
-fn check_bin_mount(c: &Value, container: &str) -> Result<()> {
-    for m in c
-        .get("volumeMounts")
-        .and_then(Value::as_sequence)
-        .into_iter()
-        .flatten()
-    {
-        let Some(raw) = m.get("mountPath").and_then(Value::as_str) else {
-            continue;
-        };
-        if is_within(&normalise(raw), BIN_DIR) {
-            return Err(Error::Yaml(format!(
-                "container `{container}` mounts volume `{}` at {raw}, where --wrap puts ferry; \
-                 remove that mount",
-                name_of(m).unwrap_or("?")
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// One volume name per root: `ferry-<job id>-r<index>`, a DNS-1123 label of ≤ 63 characters.
@@ -1011,73 +802,6 @@ fn memory_limit(extra: &[(String, String)]) -> Result<u64> {
     }
     let buffers = (t.concurrency.get() as u64).saturating_mul(t.part_size.bytes());
     Ok(buffers.saturating_add(MEMORY_OVERHEAD))
-}
-
-/// Rounded up to whole MiB (saturating).
-pub fn round_up_mib(bytes: u64) -> u64 {
-    bytes.div_ceil(MIB).min(u64::MAX / MIB) * MIB
-}
-
-/// A Kubernetes quantity: `3Gi`, `1025Mi`, or plain bytes.
-pub fn quantity(bytes: u64) -> String {
-    match bytes {
-        b if b >= GIB && b % GIB == 0 => format!("{}Gi", b / GIB),
-        b if b >= MIB && b % MIB == 0 => format!("{}Mi", b / MIB),
-        b => b.to_string(),
-    }
-}
-
-/// `defaultMode: 0644` is octal to Kubernetes (YAML 1.1) but a string to our YAML 1.2 reader;
-/// write it back as the number Kubernetes meant, so the volumes we pass through stay valid.
-fn fix_octal_modes(v: &mut Value) {
-    match v {
-        Value::Mapping(m) => {
-            for (k, v) in m.iter_mut() {
-                let octal = match (k.as_str(), v.as_str()) {
-                    (Some("defaultMode" | "mode"), Some(s))
-                        if s.len() > 1 && s.starts_with('0') =>
-                    {
-                        i64::from_str_radix(s, 8).ok()
-                    }
-                    _ => None,
-                };
-                match octal {
-                    Some(n) => *v = n.into(),
-                    None => fix_octal_modes(v),
-                }
-            }
-        }
-        Value::Sequence(s) => s.iter_mut().for_each(fix_octal_modes),
-        _ => {}
-    }
-}
-
-#[cfg(test)]
-mod yaml_1_1_tests {
-    use super::*;
-
-    #[test]
-    fn strings_a_yaml_1_1_reader_would_misread_come_out_quoted() {
-        let doc: Value = serde_yaml_ng::from_str(
-            "a: 'yes'\nb: 'on'\nc: '2024-01-01'\nd: '017'\ne: '1:20'\n'no': keep\nf: plain\ng: 'N'\n",
-        )
-        .unwrap();
-        let out = to_yaml_1_1_safe(doc.clone()).unwrap();
-        for q in [
-            "'yes'",
-            "'on'",
-            "'2024-01-01'",
-            "'017'",
-            "'1:20'",
-            "'no': keep",
-            "f: plain",
-            "'N'",
-        ] {
-            assert!(out.contains(q), "{q} missing from:\n{out}");
-        }
-        let back: Value = serde_yaml_ng::from_str(&out).unwrap();
-        assert_eq!(back, doc);
-    }
 }
 
 #[cfg(test)]

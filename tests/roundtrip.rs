@@ -149,7 +149,10 @@ async fn a_job_round_trips_through_s3_byte_identical() {
     assert!(temp_files(&base).is_empty());
 
     let status = ok(ferry(&["status", "--manifest", &url]));
-    assert!(status.starts_with("done job=42 attempt=1 exit=0"), "{status}");
+    assert!(
+        status.starts_with("done job=42 attempt=1 exit=0"),
+        "{status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
