@@ -19,6 +19,28 @@ use std::time::Duration;
 /// User metadata holding ferry's CRC64-NVME of the whole object (multipart objects included).
 pub const CRC_METADATA: &str = "ferry-crc64nvme";
 
+/// The longest one S3 request may take before it is abandoned and retried: far above what one
+/// part (16 MiB by default) needs on any working link, far below "forever".
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `FERRY_S3_ATTEMPT_TIMEOUT` (seconds), else [`ATTEMPT_TIMEOUT`].
+fn attempt_timeout() -> Result<Duration> {
+    match std::env::var(env::S3_ATTEMPT_TIMEOUT) {
+        Ok(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s >= 1)
+            .map(Duration::from_secs)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "{}=`{v}` is not a number of seconds ≥ 1",
+                    env::S3_ATTEMPT_TIMEOUT
+                ))
+            }),
+        Err(_) => Ok(ATTEMPT_TIMEOUT),
+    }
+}
+
 /// The largest manifest or done.json ferry reads (about a million files).
 pub const MAX_SMALL_OBJECT: usize = 256 << 20;
 
@@ -98,8 +120,11 @@ impl Store {
             .with_max_backoff(Duration::from_secs(20));
         let region =
             aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
+        // A server that accepts the connection and never answers must not hang a job: every
+        // attempt ends after ATTEMPT_TIMEOUT (a request moves at most one part) and is retried.
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(10))
+            .operation_attempt_timeout(attempt_timeout()?)
             .build();
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(region)

@@ -323,3 +323,39 @@ async fn a_manifest_of_50000_files_is_placed_in_bounded_memory() {
     assert!(s.base.join("w/job/d99/f49999.txt").exists());
     assert!(rss < 256, "peak RSS {rss} MiB for 50,000 files");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_accepts_and_never_answers_fails_the_request_instead_of_hanging() {
+    // Accepts connections, reads the request, never answers (a hung S3-compatible server).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let started = std::time::Instant::now();
+    let o = ferry_with(
+        &[
+            "status",
+            "--manifest",
+            "s3://hung-bucket/p/jobs/1/manifest.json",
+        ],
+        &[
+            ("AWS_ENDPOINT_URL", &format!("http://127.0.0.1:{port}")),
+            ("FERRY_S3_ATTEMPT_TIMEOUT", "1"),
+            ("FERRY_S3_MAX_ATTEMPTS", "2"),
+        ],
+    );
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("s3://hung-bucket/p/jobs/1/manifest.json"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "bounded by the attempt timeout, not by a hang"
+    );
+}
