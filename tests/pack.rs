@@ -1,0 +1,238 @@
+//! The workdir's small files travel packed: a handful of requests for thousands of files,
+//! verified per file, resumable after kill -9, and version 1 manifests still work.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use support::*;
+
+/// `n` files of 1–64 KiB in nested directories (deterministic), plus an empty dir and a link.
+fn workdir(base: &Path, n: u32) -> PathBuf {
+    let wd = base.join("jobs/000/7");
+    for i in 0..n {
+        let size = 1024 + (i.wrapping_mul(2654435761) % (63 * 1024));
+        let p = wd.join(format!("d{:02}/e{}/f{i:05}.txt", i % 10, (i / 10) % 5));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let b: Vec<u8> = (0..size).map(|j| (j ^ i).wrapping_mul(31) as u8).collect();
+        fs::write(p, b).unwrap();
+    }
+    fs::create_dir_all(wd.join("empty")).unwrap();
+    std::os::unix::fs::symlink("d00", wd.join("link")).unwrap();
+    wd
+}
+
+/// Total S3 requests in the last `requests get=… put=… head=… multipart=…` of a log.
+fn requests(log: &str) -> u64 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("requests get="))
+        .unwrap();
+    let rest = &line[line.find("requests get=").unwrap() + "requests ".len()..];
+    rest.split_whitespace()
+        .take(4)
+        .map(|kv| {
+            kv.split('=')
+                .nth(1)
+                .unwrap()
+                .trim_end_matches(';')
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum()
+}
+
+fn stage_cmd(bucket: &str, wd: &Path) -> Vec<String> {
+    [
+        "stage",
+        "--url",
+        &format!("s3://{bucket}/p"),
+        "--job-id",
+        "7",
+        "--workdir",
+        wd.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn spawn(args: &[String]) -> std::process::Child {
+    let mut cmd = Command::new(ferry_bin());
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+    for (k, v) in s3_env() {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+/// Starts `args`, kills it with SIGKILL after `ms`; true if it was still running.
+fn kill_after(args: &[String], ms: u64) -> bool {
+    let mut c = spawn(args);
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    let running = c.try_wait().unwrap().is_none();
+    let _ = c.kill();
+    let _ = c.wait();
+    running
+}
+
+fn placed(root: &Path, wd: &Path) -> PathBuf {
+    root.join(wd.strip_prefix("/").unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_3000_file_workdir_travels_in_at_most_20_requests_each_way() {
+    let bucket = bucket("pack-3000").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let wd = workdir(tmp.path(), 3000);
+    let args = stage_cmd(&bucket, &wd);
+    let o = ferry(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let up = requests(&stderr(&o));
+    let url = ok(o);
+    assert!(up <= 20, "stage made {up} requests");
+    let root = tmp.path().join("pod");
+    let o = ferry(&["init", "--manifest", &url, "--root", root.to_str().unwrap()]);
+    let down = requests(&stderr(&o));
+    ok(o);
+    assert!(down <= 20, "init made {down} requests");
+    assert_eq!(snapshot(&placed(&root, &wd)), snapshot(&wd));
+    // No object per small file: only packs and the manifest.
+    let k = keys(&bucket).await;
+    assert!(k.len() <= 12, "{k:?}");
+    assert!(
+        k.iter()
+            .all(|k| k.starts_with("p/jobs/7/packs/") || k.ends_with("manifest.json"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_init_killed_during_a_packed_download_finishes_when_run_again() {
+    let bucket = bucket("pack-kill-init").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let wd = workdir(tmp.path(), 3000);
+    let args = stage_cmd(&bucket, &wd);
+    let url = ok(ferry(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let root = tmp.path().join("pod");
+    let init: Vec<String> = ["init", "--manifest", &url, "--root", root.to_str().unwrap()]
+        .map(String::from)
+        .to_vec();
+    fs::create_dir_all(&root).unwrap();
+    let mut partial = false;
+    for ms in [150, 300, 500, 800] {
+        kill_after(&init, ms);
+        let n = snapshot(&root)
+            .iter()
+            .filter(|(_, k, _)| k.starts_with("file"))
+            .count();
+        partial |= n < 3000;
+    }
+    assert!(
+        partial,
+        "at least one kill landed before every file was placed"
+    );
+    let o = ferry(&init.iter().map(String::as_str).collect::<Vec<_>>());
+    let log = stderr(&o);
+    ok(o);
+    assert_eq!(snapshot(&placed(&root, &wd)), snapshot(&wd));
+    assert!(temp_files(&root).is_empty(), "{:?}", temp_files(&root));
+    assert!(log.contains("init done"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stage_killed_during_a_packed_upload_finishes_when_run_again() {
+    let bucket = bucket("pack-kill-stage").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let wd = workdir(tmp.path(), 3000);
+    let args = stage_cmd(&bucket, &wd);
+    let manifest = "p/jobs/7/manifest.json";
+    let mut interrupted = false;
+    for ms in [100, 250, 400] {
+        if kill_after(&args, ms) && get(&bucket, manifest).await.is_none() {
+            interrupted = true;
+        }
+    }
+    assert!(
+        interrupted,
+        "at least one kill landed before the manifest was written"
+    );
+    let url = ok(ferry(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let root = tmp.path().join("pod");
+    ok(ferry(&[
+        "init",
+        "--manifest",
+        &url,
+        "--root",
+        root.to_str().unwrap(),
+    ]));
+    assert_eq!(snapshot(&placed(&root, &wd)), snapshot(&wd));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_pack_is_refused_by_the_files_checksum_and_leaves_nothing_partial() {
+    let bucket = bucket("pack-corrupt").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let wd = workdir(tmp.path(), 20);
+    let args = stage_cmd(&bucket, &wd);
+    let url = ok(ferry(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let key = "p/jobs/7/packs/00000";
+    let mut b = get(&bucket, key).await.unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0xff;
+    put(&bucket, key, &b).await;
+    let root = tmp.path().join("pod");
+    let o = ferry(&["init", "--manifest", &url, "--root", root.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(8), "{}", stderr(&o));
+    let last = stderr(&o).lines().last().unwrap_or_default().to_string();
+    assert!(
+        last.contains(".txt in s3://") && last.contains(key),
+        "{last}"
+    );
+    assert!(temp_files(&root).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_1_manifest_with_one_object_per_file_is_still_placed() {
+    let bucket = bucket("pack-v1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let wd = workdir(tmp.path(), 30);
+    let args = stage_cmd(&bucket, &wd);
+    let url = ok(ferry(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    // What a version 1 stage wrote: every workdir file as its own object, no packs.
+    let mkey = "p/jobs/7/manifest.json";
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&get(&bucket, mkey).await.unwrap()).unwrap();
+    m["version"] = 1.into();
+    m["workdir"].as_object_mut().unwrap().remove("packs");
+    for e in m["workdir"]["entries"].as_array().unwrap() {
+        if e["kind"] == "file" {
+            let rel = e["path"].as_str().unwrap();
+            put(
+                &bucket,
+                &format!("p/jobs/7/workdir/{rel}"),
+                &fs::read(wd.join(rel)).unwrap(),
+            )
+            .await;
+        }
+    }
+    for k in keys(&bucket).await.iter().filter(|k| k.contains("/packs/")) {
+        client()
+            .await
+            .delete_object()
+            .bucket(&bucket)
+            .key(k)
+            .send()
+            .await
+            .unwrap();
+    }
+    put(&bucket, mkey, &serde_json::to_vec(&m).unwrap()).await;
+    let root = tmp.path().join("pod");
+    ok(ferry(&[
+        "init",
+        "--manifest",
+        &url,
+        "--root",
+        root.to_str().unwrap(),
+    ]));
+    assert_eq!(snapshot(&placed(&root, &wd)), snapshot(&wd));
+}
