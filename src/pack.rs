@@ -49,6 +49,9 @@ pub fn plan(files: Vec<Source>, target: u64) -> Vec<Vec<Source>> {
     groups
 }
 
+/// Each member's checksum by workdir-relative path.
+type Crcs = Vec<(String, String)>;
+
 /// What [`upload`] sent: the packs for the manifest and each member's checksum by path.
 pub struct Sent {
     pub packs: Vec<Pack>,
@@ -65,7 +68,7 @@ pub async fn upload(
     groups: Vec<Vec<Source>>,
 ) -> Result<Sent> {
     let mut set = JoinSet::new();
-    let mut done: Vec<(usize, Pack, Vec<(String, String)>)> = Vec::new();
+    let mut done: Vec<(usize, Pack, Crcs)> = Vec::new();
     for (n, group) in groups.into_iter().enumerate() {
         while set.len() >= IN_FLIGHT {
             done.push(join(&mut set).await?);
@@ -119,7 +122,7 @@ async fn join<T: 'static>(set: &mut JoinSet<Result<T>>) -> Result<T> {
 
 /// Reads a group's files back to back (never through a symlink), checking each is still the
 /// size it was listed with.
-fn read_group(key: String, group: Vec<Source>) -> Result<(Vec<u8>, Pack, Vec<(String, String)>)> {
+fn read_group(key: String, group: Vec<Source>) -> Result<(Vec<u8>, Pack, Crcs)> {
     let total: u64 = group.iter().map(|s| s.size).sum();
     let mut bytes = Vec::with_capacity(total as usize);
     let mut members = Vec::with_capacity(group.len());
