@@ -101,7 +101,14 @@ pub async fn run(job: &Job, cache: Option<&Cache>, cfg: Transfer) -> Result<()> 
         }
         None => None,
     };
-    let packs = pack::place(&job.store, &m.workdir.packs, &in_packs, &wd).await?;
+    let packs = pack::place(
+        &job.store,
+        &m.workdir.packs,
+        &in_packs,
+        &wd,
+        cfg.concurrency.get(),
+    )
+    .await?;
     let mut stats = transfer::download_all(&job.store, downloads, cfg, "init download").await?;
     stats.files += packs.files;
     stats.bytes += packs.bytes;

@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 /// Files up to this size are packed; bigger ones keep an object of their own.
 pub const MEMBER_MAX: u64 = 1 << 20;
 
-/// Packs in flight at once (each is held in memory while it moves).
+/// Packs in flight at most (each is held in memory while it moves), and at most `--concurrency`.
 const IN_FLIGHT: usize = 8;
 
 /// One local file to pack.
@@ -66,11 +66,13 @@ pub async fn upload(
     store: &Arc<Store>,
     key: impl Fn(usize) -> String,
     groups: Vec<Vec<Source>>,
+    concurrency: usize,
 ) -> Result<Sent> {
+    let in_flight = concurrency.clamp(1, IN_FLIGHT);
     let mut set = JoinSet::new();
     let mut done: Vec<(usize, Pack, Crcs)> = Vec::new();
     for (n, group) in groups.into_iter().enumerate() {
-        while set.len() >= IN_FLIGHT {
+        while set.len() >= in_flight {
             done.push(join(&mut set).await?);
         }
         let (store, key) = (store.clone(), key(n));
@@ -172,12 +174,14 @@ pub async fn place(
     packs: &[Pack],
     entries: &[Entry],
     base: &Path,
+    concurrency: usize,
 ) -> Result<Stats> {
+    let in_flight = concurrency.clamp(1, IN_FLIGHT);
     let by_path: HashMap<&str, &Entry> = entries.iter().map(|e| (e.path.as_str(), e)).collect();
     let mut set = JoinSet::new();
     let mut stats = Stats::default();
     for p in packs {
-        while set.len() >= IN_FLIGHT {
+        while set.len() >= in_flight {
             add(&mut stats, join(&mut set).await?);
         }
         let members: Vec<(PathBuf, Entry, u64)> = p

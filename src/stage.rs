@@ -151,7 +151,13 @@ pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<Str
         .collect();
     let (job, pfx) = (m.job_id.clone(), m.prefix.clone());
     let groups = pack::plan(sources, cfg.part_size.bytes());
-    let sent = pack::upload(store, |n| manifest::pack_key(&pfx, &job, n), groups).await?;
+    let sent = pack::upload(
+        store,
+        |n| manifest::pack_key(&pfx, &job, n),
+        groups,
+        cfg.concurrency.get(),
+    )
+    .await?;
     let singles: Vec<Upload> = single
         .iter()
         .map(|e| {

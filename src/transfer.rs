@@ -585,6 +585,11 @@ fn changed(item: &Upload, expected: &str, actual: &str) -> Error {
 
 async fn skip_if_present(store: &Store, sem: &Semaphore, item: &Upload, crc: &str) -> Result<bool> {
     let _permit = sem.acquire().await.expect("semaphore open");
+    is_present(store, item, crc).await
+}
+
+/// True if S3 holds `item.key` with the same size and checksum (one HEAD).
+async fn is_present(store: &Store, item: &Upload, crc: &str) -> Result<bool> {
     let head = store.head(&item.key).await?;
     Ok(head.is_some_and(|h| h.size == item.size && h.crc64nvme.as_deref() == Some(crc)))
 }
@@ -604,7 +609,8 @@ async fn upload_one(
         return Ok((false, known));
     }
     if item.size <= part {
-        // One read: the bytes in memory (≤ part size, one buffer per permit) and their checksum.
+        // One read: the bytes in memory and their checksum. The permit is held until the bytes
+        // are sent, so at most `concurrency` buffers of ≤ part size exist at once.
         let _permit = sem.acquire().await.expect("semaphore open");
         let (src, sums2) = (item.src.clone(), sums.clone());
         let (key, bytes, crc) = blocking(&item.src, "read", move || sums2.read_whole(&src)).await?;
@@ -628,12 +634,10 @@ async fn upload_one(
                 item.src.display()
             );
         }
-        drop(_permit);
-        if skip_present && known.is_empty() && skip_if_present(store, sem, item, &crc).await? {
+        if skip_present && known.is_empty() && is_present(store, item, &crc).await? {
             progress.add_bytes(item.size);
             return Ok((false, crc));
         }
-        let _permit = sem.acquire().await.expect("semaphore open");
         store.put_bytes(&item.key, bytes, &crc).await?;
         progress.add_bytes(item.size);
         return Ok((true, crc));
