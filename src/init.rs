@@ -7,10 +7,9 @@ use crate::cache::{self, Cache};
 use crate::config::Transfer;
 use crate::error::{Error, Result};
 use crate::job::Job;
-use crate::manifest::{Entry, Kind};
+use crate::manifest::Kind;
 use crate::pack;
 use crate::transfer::{self, Download, create_dirs, place_symlink, plan_tree};
-use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -41,18 +40,7 @@ pub async fn run(job: &Job, cache: Option<&Cache>, cfg: Transfer) -> Result<()> 
     let mut links: Vec<(PathBuf, String)> = Vec::new();
     let mut dirs: Vec<(PathBuf, u32)> = Vec::new();
     // Packed files come out of their packs; the rest of the workdir one object per file.
-    let packed: HashSet<&str> = m
-        .workdir
-        .packs
-        .iter()
-        .flat_map(|p| p.members.iter().map(|m| m.path.as_str()))
-        .collect();
-    let (in_packs, own): (Vec<Entry>, Vec<Entry>) = m
-        .workdir
-        .entries
-        .iter()
-        .cloned()
-        .partition(|e| packed.contains(e.path.as_str()));
+    let (in_packs, own) = pack::split(&m.workdir.entries, &m.workdir.packs);
     plan_tree(
         &wd,
         &m.workdir.key,

@@ -310,17 +310,16 @@ fn check_entries(entries: &[Entry], what: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Every pack lies under `base`; every member is a workdir file, in one pack only, whose bytes
-/// lie inside the pack and overlap no other member's.
-fn check_packs(w: &Workdir, base: &str) -> Result<(), String> {
-    let files: std::collections::HashMap<&str, &Entry> = w
-        .entries
+/// Every pack lies under `base`; every member is a file of `entries`, in one pack only, whose
+/// bytes lie inside the pack and overlap no other member's. (Manifest packs; `done.json` packs.)
+pub fn check_packs(entries: &[Entry], packs: &[Pack], base: &str) -> Result<(), String> {
+    let files: std::collections::HashMap<&str, &Entry> = entries
         .iter()
         .filter(|e| e.kind == Kind::File)
         .map(|e| (e.path.as_str(), e))
         .collect();
     let mut packed = HashSet::new();
-    for p in &w.packs {
+    for p in packs {
         check_key_under(&p.key, base, "pack")?;
         let mut spans = Vec::new();
         for m in &p.members {
@@ -431,7 +430,11 @@ impl Manifest {
             return Err(format!("workdir key `{}` is not `{wk}`", self.workdir.key));
         }
         check_entries(&self.workdir.entries, "workdir")?;
-        check_packs(&self.workdir, &packs_key(&self.prefix, &self.job_id))?;
+        check_packs(
+            &self.workdir.entries,
+            &self.workdir.packs,
+            &packs_key(&self.prefix, &self.job_id),
+        )?;
         let mut paths = HashSet::new();
         let data = join_key(&[&self.prefix, "data"]);
         let refs = join_key(&[&self.prefix, "refs"]);

@@ -167,6 +167,58 @@ fn read_group(key: String, group: Vec<Source>) -> Result<(Vec<u8>, Pack, Crcs)> 
     Ok((bytes, pack, crcs))
 }
 
+/// Splits `entries` into the files held by `packs` and everything else.
+pub fn split(entries: &[Entry], packs: &[Pack]) -> (Vec<Entry>, Vec<Entry>) {
+    let packed: std::collections::HashSet<&str> = packs
+        .iter()
+        .flat_map(|p| p.members.iter().map(|m| m.path.as_str()))
+        .collect();
+    entries
+        .iter()
+        .cloned()
+        .partition(|e| packed.contains(e.path.as_str()))
+}
+
+/// Packs the small files among `entries` (files under `base`) as objects `<prefix>/NNNNN`,
+/// reading each once; their checksums become those of the bytes sent. Returns the packs and
+/// what they moved; the files not packed are left for one object each.
+pub async fn upload_small(
+    store: &Arc<Store>,
+    base: &Path,
+    entries: &mut [Entry],
+    prefix: &str,
+    part_size: u64,
+    concurrency: usize,
+) -> Result<(Vec<Pack>, Stats)> {
+    let sources: Vec<Source> = entries
+        .iter()
+        .filter(|e| e.kind == crate::manifest::Kind::File && e.size <= MEMBER_MAX)
+        .map(|e| Source {
+            rel: e.path.clone(),
+            path: base.join(&e.path),
+            size: e.size,
+        })
+        .collect();
+    let sent = upload(
+        store,
+        |n| format!("{prefix}/{n:05}"),
+        plan(sources, part_size),
+        concurrency,
+    )
+    .await?;
+    for e in entries.iter_mut() {
+        if let Some(c) = sent.crcs.get(&e.path) {
+            e.crc64nvme = Some(c.clone());
+        }
+    }
+    let stats = Stats {
+        files: sent.files,
+        bytes: sent.bytes,
+        ..Stats::default()
+    };
+    Ok((sent.packs, stats))
+}
+
 /// Places every member of `packs` under `base` (the workdir), verified per file, with its
 /// entry's mode and mtime. A pack whose members are all in place already is not fetched.
 pub async fn place(

@@ -97,13 +97,10 @@ async fn a_3000_file_workdir_travels_in_at_most_20_requests_each_way() {
     ok(o);
     assert!(down <= 20, "init made {down} requests");
     assert_eq!(snapshot(&placed(&root, &wd)), snapshot(&wd));
-    // No object per small file: only packs and the manifest.
+    // No object per small file: packs, the manifest and init's attempt record.
     let k = keys(&bucket).await;
     assert!(k.len() <= 12, "{k:?}");
-    assert!(
-        k.iter()
-            .all(|k| k.starts_with("p/jobs/7/packs/") || k.ends_with("manifest.json"))
-    );
+    assert!(!k.iter().any(|k| k.contains("/workdir/")), "{k:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -235,4 +232,101 @@ async fn a_version_1_manifest_with_one_object_per_file_is_still_placed() {
         root.to_str().unwrap(),
     ]));
     assert_eq!(snapshot(&placed(&root, &wd)), snapshot(&wd));
+}
+
+/// Stages an empty workdir, runs init into `root`, and has "the job" write `n` files there.
+async fn job_writes_files(bucket: &str, tmp: &Path, n: u32) -> (String, PathBuf, PathBuf) {
+    let wd = tmp.join("head/jobs/000/7");
+    fs::create_dir_all(&wd).unwrap();
+    let args = stage_cmd(bucket, &wd);
+    let url = ok(ferry(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let root = tmp.join("pod");
+    ok(ferry(&[
+        "init",
+        "--manifest",
+        &url,
+        "--root",
+        root.to_str().unwrap(),
+    ]));
+    let pod_wd = placed(&root, &wd);
+    workdir(&tmp.join("gen"), n);
+    let made = tmp.join("gen/jobs/000/7");
+    for e in walk_files(&made) {
+        let to = pod_wd.join(e.strip_prefix(&made).unwrap());
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(&e, &to).unwrap();
+    }
+    fs::write(pod_wd.join("galaxy_7.ec"), b"0\n").unwrap();
+    (url, root, wd)
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let m = fs::symlink_metadata(&p).unwrap();
+        if m.is_dir() {
+            out.extend(walk_files(&p));
+        } else if m.is_file() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_3000_file_workdir_change_comes_back_in_at_most_20_requests_each_way() {
+    let bucket = bucket("pack-back").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, root, wd) = job_writes_files(&bucket, tmp.path(), 3000).await;
+    let r = root.to_str().unwrap();
+    ok(ferry(&[
+        "sidecar",
+        "--manifest",
+        &url,
+        "--root",
+        r,
+        "--quiet-ms",
+        "0",
+    ]));
+    let done: serde_json::Value =
+        serde_json::from_slice(&get(&bucket, "p/jobs/7/attempts/1/done.json").await.unwrap())
+            .unwrap();
+    let up: u64 = ["get", "put", "head", "multipart"]
+        .iter()
+        .map(|k| done["requests"][k].as_u64().unwrap())
+        .sum();
+    assert!(up <= 20, "sidecar made {up} requests: {}", done["requests"]);
+    assert!(!done["packs"].as_array().unwrap().is_empty());
+    let o = ferry(&["collect", "--manifest", &url]);
+    let down = requests(&stderr(&o));
+    ok(o);
+    assert!(down <= 20, "collect made {down} requests");
+    assert_eq!(snapshot(&wd), snapshot(&placed(&root, &wd)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_done_json_whose_pack_member_lies_outside_its_pack_is_refused() {
+    let bucket = bucket("pack-bad-done").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, root, wd) = job_writes_files(&bucket, tmp.path(), 10).await;
+    let r = root.to_str().unwrap();
+    ok(ferry(&[
+        "sidecar",
+        "--manifest",
+        &url,
+        "--root",
+        r,
+        "--quiet-ms",
+        "0",
+    ]));
+    let key = "p/jobs/7/attempts/1/done.json";
+    let mut done: serde_json::Value =
+        serde_json::from_slice(&get(&bucket, key).await.unwrap()).unwrap();
+    done["packs"][0]["members"][0]["offset"] = (1u64 << 40).into();
+    put(&bucket, key, &serde_json::to_vec(&done).unwrap()).await;
+    let o = ferry(&["collect", "--manifest", &url]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("outside the pack"), "{}", stderr(&o));
+    assert!(!wd.join("d00").exists(), "nothing was placed");
 }

@@ -93,7 +93,10 @@ async fn a_job_round_trips_through_s3_byte_identical() {
         staged.contains(&"ferry/jobs/42/packs/00000".to_string()),
         "{staged:?}"
     );
-    assert!(!staged.iter().any(|k| k.contains("tool conf")), "{staged:?}");
+    assert!(
+        !staged.iter().any(|k| k.contains("tool conf")),
+        "{staged:?}"
+    );
 
     // The pod is another machine: the head's directories are not there.
     let away = tmp.path().join("head.away");
