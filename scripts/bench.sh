@@ -169,7 +169,7 @@ sidecar_up_ferry() {
   "$ferry" init --manifest "$m" --root "$root" 2>/dev/null
   cp -a "$wd/." "$root$work/data/job/empty/"; echo 0 >"$root$work/data/job/empty/galaxy_sc.ec"; sync
   measure "$row" sidecar "$1" "$nwd" -- "$ferry" sidecar --manifest "$m" --root "$root" --quiet-ms 0
-  if s5 cat "s3://$bucket/sc$1/jobs/sc/done.json" >"$work/done.json" 2>/dev/null; then
+  if s5 cat "s3://$bucket/sc$1/jobs/sc/attempts/1/done.json" >"$work/done.json" 2>/dev/null; then
     python3 "$helper" setreqs "$results" "$work/done.json"
   else mark_fail "no done.json"; fi
   rm -rf "$root"; sync

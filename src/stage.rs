@@ -168,18 +168,20 @@ pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<Str
             )
         })
         .collect();
-    let how = |skip_present| UploadHow {
+    // Workdir files are staged once per job: their checksums are not worth remembering.
+    let how = |skip_present, sums: &Arc<SumCache>| UploadHow {
         skip_present,
         adopt_read_crc: true,
         sums: sums.clone(),
     };
+    let once = Arc::new(SumCache::disabled());
     let (w, wcrcs) =
-        transfer::upload_all_with(store, singles, cfg, &how(false), "stage workdir").await?;
+        transfer::upload_all_with(store, singles, cfg, &how(false, &once), "stage workdir").await?;
     let (d, dcrcs) = transfer::upload_all_with(
         store,
         dataset_uploads(m.inputs.iter().chain(&m.indices)),
         cfg,
-        &how(true),
+        &how(true, &sums),
         "stage datasets",
     )
     .await?;
