@@ -260,6 +260,25 @@ fn add(total: &mut Stats, s: Stats) {
     total.skipped_bytes += s.skipped_bytes;
 }
 
+/// GETs a whole pack; a body that breaks mid-transfer is fetched again (the SDK retries the
+/// request itself, not a body that breaks after the headers).
+async fn get_pack(store: &Store, key: &str) -> Result<Option<Vec<u8>>> {
+    let mut attempt = 0u32;
+    loop {
+        match store.get_small(key).await {
+            Err(Error::S3 { message, .. }) if attempt < 5 && message.starts_with("body broke") => {
+                attempt += 1;
+                tracing::warn!(
+                    key,
+                    "pack body broke mid-transfer ({message}); fetching it again"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 async fn place_pack(
     store: &Store,
     pack: &Pack,
@@ -280,8 +299,7 @@ async fn place_pack(
     if missing.is_empty() {
         return Ok(stats);
     }
-    let bytes = store
-        .get_small(&pack.key)
+    let bytes = get_pack(store, &pack.key)
         .await?
         .ok_or_else(|| Error::Missing {
             op: "get",
