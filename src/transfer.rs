@@ -776,7 +776,7 @@ pub fn place_bytes(dest: &Path, bytes: &[u8], mode: u32, mtime_ns: i64) -> std::
         .mode(0o600)
         .open(&tmp.0)?;
     f.write_all_at(bytes, 0)?;
-    f.set_permissions(Permissions::from_mode(mode & 0o7777))?;
+    f.set_permissions(Permissions::from_mode(mode & PERMISSION_BITS))?;
     f.set_times(FileTimes::new().set_modified(mtime(mtime_ns)))?;
     drop(f);
     std::fs::rename(&tmp.0, dest)
