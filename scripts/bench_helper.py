@@ -5,7 +5,10 @@
   bench_helper.py small DIR N             N random files of 4 KiB-256 KiB (mean ~100 KiB) in nested dirs
   bench_helper.py tiny DIR N              a Galaxy-like job workdir of N random files of 0-2 KiB
   bench_helper.py big FILE MIB            one random file of MIB MiB
+  bench_helper.py workdir DIR N           N random files of 1-64 KiB in nested dirs (a job's workdir)
   bench_helper.py table RESULTS.tsv       markdown table from bench.sh's raw results (stdout)
+  bench_helper.py setreqs RESULTS.tsv DONE.json   the sidecar's request counts into the last row
+  bench_helper.py readme README.md LATEST.md      rewrite the README's benchmark block
 """
 import os
 import random
@@ -94,79 +97,84 @@ def gen_big(path, mib):
     print(f"big: 1 file, {mib} MiB", file=sys.stderr)
 
 
+def gen_workdir(root, n):
+    """n random files of 1-64 KiB (uniform) in nested directories, like a job's working directory."""
+    rng = random.Random(14)
+    total = 0
+    for i in range(n):
+        size = rng.randint(1 * KIB, 64 * KIB)
+        sub = f"d{i % 10:02d}/e{(i // 10) % 5}" if i % 7 else f"d{i % 10:02d}"
+        write_random(os.path.join(root, sub, f"f{i:05d}.dat"), size)
+        total += size
+    print(f"workdir: {n} files, {total / MIB:.1f} MiB", file=sys.stderr)
+
+
+# row -> (A, B, what is compared, target ratio A/B, how the target is phrased)
+ROWS = {
+    "wd_down": ("ferry", "s5cmd", "`ferry init` vs `s5cmd cp` of the workdir (ferry: packed)", 0.5, "init ≤ 0.5× s5cmd, 3000 small files"),
+    "wd_up": ("ferry", "s5cmd", "`ferry stage` vs `s5cmd cp` upload of the workdir (ferry: packed)", None, "(no target; stage is the head's side)"),
+    "sidecar_up": ("sidecar", "s5cmd", "`ferry sidecar` vs `s5cmd cp` upload of the workdir the job wrote", 0.5, "sidecar upload ≤ 0.5× s5cmd, 3000 files"),
+    "big_down": ("ferry", "s5cmd", "`ferry init` vs `s5cmd cp` of one big file", 1.0, "init ≤ 1.0× s5cmd, one big file"),
+    "restage_cold": ("big", "one_kib", "re-stage of a job whose input S3 holds: big input vs 1 KiB input, page cache dropped", 1.2, "re-stage ≤ 1.2× a 1 KiB one, cold"),
+}
+
+
 def table(path):
-    """Input rows: set dir tool run secs rss_kb ok reqs. Output: the markdown table and the request lines."""
-    rows = [line.rstrip("\n").split("\t") for line in open(path) if line.strip() and not line.startswith("#")]
-    sets, tools, reqs = [], [], {}
-    data = {}  # (set, dir, tool) -> list of (secs, rss, ok)
-    phases = {}  # (set, dir) -> ferry (wall, transfer phase from its own log)
-    cpus = {}  # (set, dir, tool) -> client CPU seconds (user + sys) per run
-    labels = {}
+    """Input rows: row tool run secs cpu files ok reqs. Run 0 is the warm-up pair and is not counted."""
+    rows = [line.rstrip("\n").split("\t") for line in open(path) if line.strip()]
+    runs = {}  # (row, tool) -> {run: (secs, cpu, files, ok, reqs)}
     for r in rows:
-        if r[0] == "label":
-            labels[r[1]] = r[2]
-            continue
-        st, d, tool, _run, secs, rss, ok, req, cpu = r[:9]
-        xfer = r[9] if len(r) > 9 else ""
-        if tool == "ferry" and xfer and ok == "ok":
-            phases.setdefault((st, d), []).append((float(secs), float(xfer)))
-        if st not in sets:
-            sets.append(st)
-        if tool not in tools:
-            tools.append(tool)
-        data.setdefault((st, d, tool), []).append((float(secs), int(rss or 0), ok == "ok"))
-        cpus.setdefault((st, d, tool), []).append(float(cpu or 0))
-        if tool == "ferry" and req:
-            reqs[(st, d)] = req
-
-    def med(st, d, tool):
-        v = data.get((st, d, tool), [])
-        good = [s for s, _, ok in v if ok]
-        if not v:
-            return None, "–"
-        if len(good) < len(v):
-            return None, f"FAIL {len(v) - len(good)}/{len(v)}"
-        m = statistics.median(good)
-        return m, f"{m:.2f}"
-
-    def rss(st, d, tool):
-        v = [r for _, r, ok in data.get((st, d, tool), []) if ok]
-        return f"{max(v) / 1024:.0f}" if v else "–"
-
-    out = ["| data set | direction | ferry s | s5cmd s | rclone s | aws s | ferry/s5cmd | peak RSS ferry MiB | peak RSS s5cmd MiB |",
+        row, tool, run, secs, cpu, files, ok = r[:7]
+        reqs = r[7] if len(r) > 7 else ""
+        runs.setdefault((row, tool), {})[int(run)] = (float(secs), float(cpu), int(files), ok == "ok", reqs)
+    out = ["| comparison (A vs B) | A s | B s | A/B (median of pairs) | target | verdict | A CPU ms/file | B CPU ms/file | A requests |",
            "|---|---|---|---|---|---|---|---|---|"]
-    for st in sets:
-        for d in ("up", "down"):
-            if not any((st, d, t) in data for t in tools):
-                continue
-            cells = {t: med(st, d, t) for t in ("ferry", "s5cmd", "rclone", "aws")}
-            f, s = cells["ferry"][0], cells["s5cmd"][0]
-            ratio = f"{f / s:.2f}" if f is not None and s else "–"
-            out.append(f"| {labels.get(st, st)} | {d} | {cells['ferry'][1]} | {cells['s5cmd'][1]} | {cells['rclone'][1]} | "
-                       f"{cells['aws'][1]} | {ratio} | {rss(st, d, 'ferry')} | {rss(st, d, 's5cmd')} |")
+    for row, (a, b, what, target, phrase) in ROWS.items():
+        ra, rb = runs.get((row, a), {}), runs.get((row, b), {})
+        measured = sorted(k for k in ra if k > 0 and k in rb)
+        if not measured:
+            continue
+        if not all(ra[k][3] and rb[k][3] for k in measured):
+            out.append(f"| {what} | FAIL | FAIL | – | {phrase} | a run failed | – | – | – |")
+            continue
+        ma = statistics.median(ra[k][0] for k in measured)
+        mb = statistics.median(rb[k][0] for k in measured)
+        ratio = statistics.median(ra[k][0] / rb[k][0] for k in measured)
+        cpu = lambda r: statistics.median(r[k][1] / max(r[k][2], 1) for k in measured) * 1000
+        if target is None:
+            verdict = "–"
+        elif ratio <= target:
+            verdict = "met"
+        else:
+            verdict = f"missed by {(ratio / target - 1) * 100:.0f} %"
+        reqs = ra[measured[-1]][4] or "–"
+        tgt = phrase if target is None else f"≤ {target:g}"
+        out.append(f"| {what} | {ma:.2f} | {mb:.2f} | {ratio:.2f} | {tgt} | {verdict} | {cpu(ra):.2f} | {cpu(rb):.2f} | {reqs} |")
     print("\n".join(out))
-    print()
-    print("Client CPU seconds (user + sys, median; the server's CPU is not included):")
-    print()
-    print("| data set | direction | ferry | s5cmd | rclone | aws |")
-    print("|---|---|---|---|---|---|")
-    for st in sets:
-        for d in ("up", "down"):
-            if not any((st, d, t) in cpus for t in tools):
-                continue
-            c = [f"{statistics.median(cpus[(st, d, t)]):.2f}" if (st, d, t) in cpus else "–" for t in ("ferry", "s5cmd", "rclone", "aws")]
-            print(f"| {labels.get(st, st).split(' (')[0]} | {d} | " + " | ".join(c) + " |")
-    if phases:
-        print()
-        parts = []
-        for (st, d), v in phases.items():
-            w, x = statistics.median(a for a, _ in v), statistics.median(b for _, b in v)
-            parts.append(f"{labels.get(st, st).split(' (')[0]} {d} {w:.2f}/{x:.2f}/{w - x:.2f}")
-        print("ferry wall / transfer phase (its log) / rest, s, medians: " + "; ".join(parts)
-              + ". The rest is the scan + CRC64 pass before uploading (stage), manifest + planning (init), start and exit.")
-    if reqs:
-        print()
-        print("ferry S3 requests per job: " + "; ".join(f"{labels.get(st, st).split(' (')[0]} {d}: {q}" for (st, d), q in reqs.items()))
+
+
+def setreqs(path, done):
+    """Puts the request counts of a sidecar's done.json into the last result row."""
+    import json
+    r = json.load(open(done))["requests"]
+    reqs = " ".join(f"{k}={r[k]}" for k in ("get", "put", "head", "multipart") if k in r)
+    lines = open(path).read().splitlines()
+    cells = lines[-1].split("\t")
+    cells = cells[:7] + [reqs]
+    lines[-1] = "\t".join(cells)
+    open(path, "w").write("\n".join(lines) + "\n")
+
+
+def readme(path, latest):
+    """Replaces the text between the benchmark markers of the README with the latest report."""
+    text = open(path).read()
+    begin, end = "<!-- bench:begin (scripts/bench.sh rewrites this block) -->", "<!-- bench:end -->"
+    if begin not in text or end not in text:
+        sys.exit(f"bench_helper: no benchmark markers in {path}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    body = open(latest).read().strip()
+    open(path, "w").write(f"{head}{begin}\n{body}\n{end}{tail}")
 
 
 def main():
@@ -179,8 +187,14 @@ def main():
         gen_tiny(args[0], int(args[1]))
     elif cmd == "big":
         gen_big(args[0], int(args[1]))
+    elif cmd == "workdir":
+        gen_workdir(args[0], int(args[1]))
     elif cmd == "table":
         table(args[0])
+    elif cmd == "setreqs":
+        setreqs(args[0], args[1])
+    elif cmd == "readme":
+        readme(args[0], args[1])
     else:
         sys.exit(__doc__)
 

@@ -158,6 +158,12 @@ pub fn workdir_key(job: &Job, n: u32) -> String {
     format!("{}/workdir", manifest::attempt_key(&m.prefix, &m.job_id, n))
 }
 
+/// Where attempt `n`'s packs of small workdir files go.
+pub fn packs_key(job: &Job, n: u32) -> String {
+    let m = &job.manifest;
+    format!("{}/packs", manifest::attempt_key(&m.prefix, &m.job_id, n))
+}
+
 /// Attempt `n`'s completion record.
 pub fn done_key(job: &Job, n: u32) -> String {
     let m = &job.manifest;

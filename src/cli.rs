@@ -180,6 +180,14 @@ pub struct StageArgs {
     /// paths under it are not staged (the pod reads them from its mount).
     #[arg(long = "pod-mount", value_name = "PATH")]
     pub pod_mounts: Vec<PathBuf>,
+    /// Where to remember checksums of files that take no user xattr (read-only files,
+    /// filesystems without xattrs): one small file per inode. Without it, the checksum cache
+    /// lives in the `user.ferry.crc64nvme` xattr of each input and index only.
+    #[arg(long, env = "FERRY_CHECKSUM_CACHE", value_name = "DIR")]
+    pub checksum_cache: Option<PathBuf>,
+    /// Read every input and index in full instead of trusting the checksum cache.
+    #[arg(long, conflicts_with = "checksum_cache")]
+    pub no_checksum_cache: bool,
 }
 
 #[derive(Args, Debug)]

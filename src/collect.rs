@@ -8,6 +8,7 @@ use crate::done::{Done, Reason};
 use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::manifest::{self, Dataset, Kind, check_rel};
+use crate::pack;
 use crate::transfer::{self, Download, plan_tree, write_atomic};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -50,11 +51,12 @@ pub async fn run(
     write_atomic(&ec, format!("{code}\n").as_bytes(), 0o644)?;
     tracing::info!(
         job = %m.job_id,
-        "collect done: {}, reason {}, attempt {}; {}",
+        "collect done: {}, reason {}, attempt {}; {}; {}",
         done.exit_code.map_or("no exit code".into(), |c| format!("exit code {c}")),
         done.reason,
         done.attempt,
-        crate::progress::summary(stats.files, stats.bytes, started.elapsed())
+        crate::progress::summary(stats.files, stats.bytes, started.elapsed()),
+        job.store.requests()
     );
     if let Some(why) = done.failure() {
         return Err(Error::JobFailed {
@@ -85,10 +87,11 @@ async fn apply(
         .filter(|e| Some(&e.path) != ec.as_ref())
         .cloned()
         .collect();
+    let (in_packs, own) = pack::split(&changed, &done.packs);
     plan_tree(
         &wd,
         &workdir_key,
-        &changed,
+        &own,
         &mut downloads,
         &mut links,
         &mut dirs,
@@ -114,7 +117,17 @@ async fn apply(
             }
         }
     }
-    let stats = transfer::download_all(&job.store, downloads, cfg, "collect download").await?;
+    let packed = pack::place(
+        &job.store,
+        &done.packs,
+        &in_packs,
+        &wd,
+        cfg.concurrency.get(),
+    )
+    .await?;
+    let mut stats = transfer::download_all(&job.store, downloads, cfg, "collect download").await?;
+    stats.files += packed.files;
+    stats.bytes += packed.bytes;
     for (path, target) in &links {
         transfer::place_symlink(path, target)?;
     }
@@ -228,6 +241,8 @@ fn check(job: &Job, done: &Done, attempt: u32) -> std::result::Result<(), String
     for p in paths.chain(done.mode_changes.iter().map(|c| &c.path)) {
         check_rel(p).map_err(|r| format!("workdir entry `{p}`: {r}"))?;
     }
+    let packs = attempt::packs_key(job, attempt);
+    crate::manifest::check_packs(&done.changed, &done.packs, &packs)?;
     for o in &done.outputs {
         if !m.outputs.iter().any(|d| d.path == o.path && d.key == o.key) {
             return Err(format!(

@@ -1,6 +1,6 @@
 //! `done.json`: the completion record the sidecar writes last. Pure data.
 
-use crate::manifest::{Dataset, Entry};
+use crate::manifest::{Dataset, Entry, Pack};
 use crate::store::Requests;
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +66,10 @@ pub struct Done {
     pub reason: Reason,
     /// Workdir files new or changed by the job (uploaded under the workdir key), and removed ones.
     pub changed: Vec<Entry>,
+    /// Changed small files travel packed (see `crate::pack`): objects under
+    /// `<attempt key>/packs/`, each member a file of `changed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packs: Vec<Pack>,
     pub deleted: Vec<String>,
     pub mode_changes: Vec<ModeChange>,
     /// Outputs found and uploaded (file, or directory with its files).
@@ -93,6 +97,7 @@ impl Done {
             exit_code,
             reason,
             changed: vec![],
+            packs: vec![],
             deleted: vec![],
             mode_changes: vec![],
             outputs: vec![],
@@ -178,6 +183,7 @@ mod tests {
             exit_code,
             reason,
             changed: vec![],
+            packs: vec![],
             deleted: vec![],
             mode_changes: vec![],
             outputs: vec![],

@@ -17,3 +17,4 @@ pub const TIMEOUT: &str = "FERRY_TIMEOUT";
 pub const START_GRACE: &str = "FERRY_START_GRACE";
 /// A PEM file of CA certificates trusted besides the system roots (the AWS convention).
 pub const AWS_CA_BUNDLE: &str = "AWS_CA_BUNDLE";
+pub const CHECKSUM_CACHE: &str = "FERRY_CHECKSUM_CACHE";

@@ -8,6 +8,7 @@ use crate::config::Transfer;
 use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::manifest::Kind;
+use crate::pack;
 use crate::transfer::{self, Download, create_dirs, place_symlink, plan_tree};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -38,10 +39,12 @@ pub async fn run(job: &Job, cache: Option<&Cache>, cfg: Transfer) -> Result<()> 
     let mut downloads = Vec::new();
     let mut links: Vec<(PathBuf, String)> = Vec::new();
     let mut dirs: Vec<(PathBuf, u32)> = Vec::new();
+    // Packed files come out of their packs; the rest of the workdir one object per file.
+    let (in_packs, own) = pack::split(&m.workdir.entries, &m.workdir.packs);
     plan_tree(
         &wd,
         &m.workdir.key,
-        &m.workdir.entries,
+        &own,
         &mut downloads,
         &mut links,
         &mut dirs,
@@ -86,7 +89,19 @@ pub async fn run(job: &Job, cache: Option<&Cache>, cfg: Transfer) -> Result<()> 
         }
         None => None,
     };
-    let stats = transfer::download_all(&job.store, downloads, cfg, "init download").await?;
+    let packs = pack::place(
+        &job.store,
+        &m.workdir.packs,
+        &in_packs,
+        &wd,
+        cfg.concurrency.get(),
+    )
+    .await?;
+    let mut stats = transfer::download_all(&job.store, downloads, cfg, "init download").await?;
+    stats.files += packs.files;
+    stats.bytes += packs.bytes;
+    stats.skipped_files += packs.skipped_files;
+    stats.skipped_bytes += packs.skipped_bytes;
     for (path, target) in &links {
         place_symlink(path, target)?;
     }
@@ -106,8 +121,10 @@ pub async fn run(job: &Job, cache: Option<&Cache>, cfg: Transfer) -> Result<()> 
     attempt::write_marker(&state, marker(true))?;
     tracing::info!(
         job = %m.job_id,
-        "init done: {}; {} files ({:.1} MiB) already in place; {}{}",
+        "init done: {}; {} of them from {} packs; {} files ({:.1} MiB) already in place; {}{}",
         crate::progress::summary(stats.files, stats.bytes, started.elapsed()),
+        packs.files,
+        m.workdir.packs.len(),
         stats.skipped_files,
         stats.skipped_bytes as f64 / 1048576.0,
         cache_stats.map_or(String::new(), |c| c.line() + "; "),

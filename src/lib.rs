@@ -18,11 +18,13 @@ pub mod inject;
 pub mod job;
 pub mod manifest;
 pub mod output;
+pub mod pack;
 pub mod progress;
 pub mod sidecar;
 pub mod stage;
 pub mod status;
 pub mod store;
+pub mod sumcache;
 pub mod transfer;
 pub mod tree;
 

@@ -1,13 +1,18 @@
 //! The staging manifest: pure data, validation, and the key ⇄ path mapping. No I/O.
 //!
 //! `stage` writes it; `init`, `sidecar`, `collect` and `inject` read it and nothing else.
-//! `schema/manifest-v1.schema.json` is the published schema; a test keeps the two in step.
+//! `schema/manifest-v2.schema.json` is the published schema; a test keeps the two in step.
+//! Version 2 adds `workdir.packs` (small workdir files travel packed, see [`crate::pack`]);
+//! version 1 manifests (no packs) are still read.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+
+/// Every version this ferry reads.
+pub const READS: [u32; 2] = [1, 2];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +47,28 @@ pub struct Workdir {
     /// Key prefix of the workdir's objects: `<prefix>/jobs/<id>/workdir`.
     pub key: String,
     pub entries: Vec<Entry>,
+    /// v2: objects holding many small workdir files each (the rest have one object each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packs: Vec<Pack>,
+}
+
+/// One object holding workdir files back to back; each file's size and CRC are its entry's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pack {
+    /// `<prefix>/jobs/<id>/packs/<n>`.
+    pub key: String,
+    pub size: u64,
+    pub crc64nvme: String,
+    pub members: Vec<Member>,
+}
+
+/// A workdir file inside a pack, at `offset`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub path: String,
+    pub offset: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +165,16 @@ pub fn attempt_key(prefix: &str, job_id: &str, attempt: u32) -> String {
 
 pub fn workdir_key(prefix: &str, job_id: &str) -> String {
     join_key(&[prefix, "jobs", job_id, "workdir"])
+}
+
+/// The key prefix of a job's packs.
+pub fn packs_key(prefix: &str, job_id: &str) -> String {
+    join_key(&[prefix, "jobs", job_id, "packs"])
+}
+
+/// The key of pack number `n`.
+pub fn pack_key(prefix: &str, job_id: &str, n: usize) -> String {
+    format!("{}/{n:05}", packs_key(prefix, job_id))
 }
 
 /// `data/<absolute path without its leading slash>`.
@@ -273,22 +310,66 @@ fn check_entries(entries: &[Entry], what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Every pack lies under `base`; every member is a file of `entries`, in one pack only, whose
+/// bytes lie inside the pack and overlap no other member's. (Manifest packs; `done.json` packs.)
+pub fn check_packs(entries: &[Entry], packs: &[Pack], base: &str) -> Result<(), String> {
+    let files: std::collections::HashMap<&str, &Entry> = entries
+        .iter()
+        .filter(|e| e.kind == Kind::File)
+        .map(|e| (e.path.as_str(), e))
+        .collect();
+    let mut packed = HashSet::new();
+    for p in packs {
+        check_key_under(&p.key, base, "pack")?;
+        let mut spans = Vec::new();
+        for m in &p.members {
+            let Some(e) = files.get(m.path.as_str()) else {
+                return Err(format!(
+                    "pack `{}` member `{}` is not a workdir file",
+                    p.key, m.path
+                ));
+            };
+            if !packed.insert(m.path.as_str()) {
+                return Err(format!("workdir file `{}` is packed twice", m.path));
+            }
+            let end = m.offset.checked_add(e.size).filter(|end| *end <= p.size);
+            let Some(end) = end else {
+                return Err(format!(
+                    "pack `{}` member `{}` lies outside the pack's {} bytes",
+                    p.key, m.path, p.size
+                ));
+            };
+            spans.push((m.offset, end, m.path.as_str()));
+        }
+        spans.sort();
+        for w in spans.windows(2) {
+            if w[0].1 > w[1].0 {
+                return Err(format!(
+                    "pack `{}` members `{}` and `{}` overlap",
+                    p.key, w[0].2, w[1].2
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Manifest {
     /// Parses and validates; the error is one line saying what is wrong.
     pub fn from_json(bytes: &[u8]) -> Result<Manifest, String> {
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
         match value.get("version").and_then(|v| v.as_u64()) {
-            Some(v) if v == u64::from(VERSION) => {}
+            Some(v) if READS.iter().any(|r| u64::from(*r) == v) => {}
             Some(v) => {
                 return Err(format!(
-                    "manifest version {v} is not supported (this ferry reads version {VERSION}); use a matching ferry"
+                    "manifest version {v} is not supported (this ferry reads versions 1 and {VERSION}); use a matching ferry"
                 ));
             }
             None => return Err("no numeric `version` field: not a ferry manifest".into()),
         }
         let m: Manifest = serde_json::from_value(value)
-            .map_err(|e| format!("does not match schema v{VERSION}: {e}"))?;
+            .map_err(|e| format!("does not match the manifest schema: {e}"))?;
         m.validate()?;
         Ok(m)
     }
@@ -309,8 +390,11 @@ impl Manifest {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if self.version != VERSION {
-            return Err(format!("version {} is not {VERSION}", self.version));
+        if !READS.contains(&self.version) {
+            return Err(format!("version {} is not 1 or {VERSION}", self.version));
+        }
+        if self.version == 1 && !self.workdir.packs.is_empty() {
+            return Err("a version 1 manifest has no packs".into());
         }
         check_job_id(&self.job_id)?;
         if self.bucket.is_empty() || self.bucket.contains('/') {
@@ -346,6 +430,11 @@ impl Manifest {
             return Err(format!("workdir key `{}` is not `{wk}`", self.workdir.key));
         }
         check_entries(&self.workdir.entries, "workdir")?;
+        check_packs(
+            &self.workdir.entries,
+            &self.workdir.packs,
+            &packs_key(&self.prefix, &self.job_id),
+        )?;
         let mut paths = HashSet::new();
         let data = join_key(&[&self.prefix, "data"]);
         let refs = join_key(&[&self.prefix, "refs"]);
@@ -435,6 +524,7 @@ pub(crate) mod tests {
                 },
             ],
             workdir: Workdir {
+                packs: vec![],
                 path: "/galaxy/jobs/42".into(),
                 key: "ferry/jobs/42/workdir".into(),
                 entries: vec![
@@ -496,8 +586,71 @@ pub(crate) mod tests {
 
     #[test]
     fn an_unknown_version_is_refused_before_the_fields_are_read() {
-        let e = Manifest::from_json(br#"{"version": 2, "something": "else"}"#).unwrap_err();
-        assert!(e.contains("version 2 is not supported"), "{e}");
+        let e = Manifest::from_json(br#"{"version": 3, "something": "else"}"#).unwrap_err();
+        assert!(e.contains("version 3 is not supported"), "{e}");
+    }
+
+    /// The sample with its first file in a pack.
+    pub fn packed() -> Manifest {
+        let mut m = sample();
+        m.workdir.packs = vec![Pack {
+            key: "ferry/jobs/42/packs/00000".into(),
+            size: 3,
+            crc64nvme: "AAAAAAAAAAA=".into(),
+            members: vec![Member {
+                path: "galaxy_42.sh".into(),
+                offset: 0,
+            }],
+        }];
+        m
+    }
+
+    #[test]
+    fn a_version_1_manifest_is_still_read_but_may_not_hold_packs() {
+        let mut m = sample();
+        m.version = 1;
+        assert_eq!(Manifest::from_json(&m.to_json()).unwrap(), m);
+        let mut p = packed();
+        p.version = 1;
+        assert!(reason(&p).contains("version 1 manifest has no packs"));
+        assert!(Manifest::from_json(&packed().to_json()).is_ok());
+    }
+
+    #[test]
+    fn a_pack_member_must_be_a_workdir_file_inside_its_pack() {
+        let mut m = packed();
+        m.workdir.packs[0].members[0].path = "link".into();
+        assert!(reason(&m).contains("is not a workdir file"));
+        let mut m = packed();
+        m.workdir.packs[0].members[0].offset = 1;
+        assert!(reason(&m).contains("outside the pack"));
+        let mut m = packed();
+        m.workdir.packs[0].members[0].offset = u64::MAX;
+        assert!(reason(&m).contains("outside the pack"));
+        let mut m = packed();
+        m.workdir.packs[0].key = "ferry/data/x".into();
+        assert!(reason(&m).contains("is not under `ferry/jobs/42/packs`"));
+        let mut m = packed();
+        let p = m.workdir.packs[0].clone();
+        m.workdir.packs.push(p);
+        assert!(reason(&m).contains("packed twice"));
+    }
+
+    #[test]
+    fn pack_members_may_not_overlap() {
+        let mut m = packed();
+        let mut e = m.workdir.entries[0].clone();
+        e.path = "other".into();
+        m.workdir.entries.push(e);
+        m.workdir.packs[0].size = 5;
+        m.workdir.packs[0].members.push(Member {
+            path: "other".into(),
+            offset: 2,
+        });
+        assert!(reason(&m).contains("overlap"));
+        m.workdir.packs[0].size = 6;
+        m.workdir.packs[0].members[1].offset = 3;
+        assert!(m.validate().is_ok());
     }
 
     #[test]
@@ -613,12 +766,12 @@ pub(crate) mod tests {
 #[cfg(test)]
 mod schema_tests {
     //! The published JSON Schema and the serde types describe the same document.
-    use super::tests::sample;
+    use super::tests::packed;
     use super::*;
     use serde_json::Value;
 
     fn schema() -> Value {
-        serde_json::from_str(include_str!("../schema/manifest-v1.schema.json"))
+        serde_json::from_str(include_str!("../schema/manifest-v2.schema.json"))
             .expect("schema is JSON")
     }
 
@@ -679,7 +832,7 @@ mod schema_tests {
 
     /// A manifest that uses every field: a directory dataset, an index, every entry kind.
     fn full() -> Manifest {
-        let mut m = sample();
+        let mut m = packed();
         m.workdir.entries.push(Entry {
             path: "empty".into(),
             kind: Kind::Dir,
@@ -721,7 +874,9 @@ mod schema_tests {
                 "schema property `{k}` is not a manifest field"
             );
         }
-        for def in ["entry", "dataset", "root", "workdir", "output"] {
+        for def in [
+            "entry", "dataset", "root", "workdir", "output", "pack", "member",
+        ] {
             let props: Vec<&String> = s["$defs"][def]["properties"]
                 .as_object()
                 .unwrap()
@@ -737,6 +892,8 @@ mod schema_tests {
                 "dataset" => serde_json::from_value::<Dataset>(Value::Object(probe)).unwrap_err(),
                 "root" => serde_json::from_value::<Root>(Value::Object(probe)).unwrap_err(),
                 "workdir" => serde_json::from_value::<Workdir>(Value::Object(probe)).unwrap_err(),
+                "pack" => serde_json::from_value::<Pack>(Value::Object(probe)).unwrap_err(),
+                "member" => serde_json::from_value::<Member>(Value::Object(probe)).unwrap_err(),
                 _ => serde_json::from_value::<Output>(Value::Object(probe)).unwrap_err(),
             };
             assert!(!err.to_string().contains("unknown field"), "{def}: {err}");

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::manifest::{Dataset, Entry, Kind, is_within};
 use crate::output::{self, Found};
+use crate::pack;
 use crate::transfer::{self, Upload};
 use crate::tree;
 use std::collections::{HashMap, HashSet};
@@ -370,8 +371,18 @@ async fn upload_results(
     }
     let workdir_key = attempt::workdir_key(job, n);
     let wd = job.workdir();
-    let mut uploads: Vec<Upload> = changes
-        .changed
+    let mut changes = changes;
+    let (packs, packed) = pack::upload_small(
+        &job.store,
+        &wd,
+        &mut changes.changed,
+        &attempt::packs_key(job, n),
+        cfg.part_size.bytes(),
+        cfg.concurrency.get(),
+    )
+    .await?;
+    let (_, own) = pack::split(&changes.changed, &packs);
+    let mut uploads: Vec<Upload> = own
         .iter()
         .filter(|e| e.kind == Kind::File)
         .map(|e| Upload {
@@ -393,13 +404,14 @@ async fn upload_results(
     let stats = transfer::upload_all(&job.store, uploads, cfg, false, "sidecar upload").await?;
     let mut record = Done::empty(&job.manifest.job_id, n, exit_code, reason);
     record.changed = changes.changed;
+    record.packs = packs;
     record.deleted = changes.deleted;
     record.mode_changes = changes.mode_changes;
     record.outputs = outputs.found;
     record.missing_outputs = outputs.missing;
     record.failed_outputs = outputs.failed;
-    record.files_uploaded = stats.files;
-    record.bytes_uploaded = stats.bytes;
+    record.files_uploaded = stats.files + packed.files;
+    record.bytes_uploaded = stats.bytes + packed.bytes;
     record.wait_seconds = waited.as_secs_f64();
     record.upload_seconds = started.elapsed().as_secs_f64();
     let record = write_done(job, record).await?;

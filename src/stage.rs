@@ -1,15 +1,19 @@
 //! `ferry stage`: head node, before the job. Uploads the workdir and the inputs/indices that
 //! S3 does not already hold, then writes the manifest and prints its URL.
 
+use crate::checksum;
 use crate::cli::StageArgs;
 use crate::config::Transfer;
 use crate::error::{Error, Result};
 use crate::job::absolute;
 use crate::manifest::{self, Dataset, Entry, Kind, Manifest, Output, Root, Workdir, is_within};
+use crate::pack;
 use crate::store::Store;
-use crate::transfer::{self, Upload};
+use crate::sumcache::{self, Key, SumCache};
+use crate::transfer::{self, Upload, UploadHow};
 use crate::tree;
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,11 +45,16 @@ pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<Str
     let pod_mounts = abs_all(&a.pod_mounts)?;
     let indices = left_to_pod_mounts(indices, &pod_mounts);
 
+    let sums = Arc::new(if a.no_checksum_cache {
+        SumCache::disabled()
+    } else {
+        SumCache::new(a.checksum_cache.as_deref())
+    });
     tracing::info!(job = %a.job_id, "stage: reading {workdir} and {} inputs, {} indices", inputs.len(), indices.len());
     let datasets_in = |paths: &[String], key: fn(&str, &str) -> String| {
         paths
             .iter()
-            .map(|p| dataset(p, &key(&prefix, p)))
+            .map(|p| dataset_cached(p, &key(&prefix, p), &sums))
             .collect::<Result<Vec<_>>>()
     };
     let inputs = datasets_in(&inputs, manifest::data_key)?;
@@ -67,7 +76,7 @@ pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<Str
         .chain([ec.as_str()])
         .collect();
     let wd = PathBuf::from(&workdir);
-    let entries: Vec<Entry> = tree::scan(&wd, &|_, _, _| true)?
+    let entries: Vec<Entry> = tree::scan(&wd, &|_, _, _| false)?
         .into_iter()
         .filter(|e| {
             !apart
@@ -97,7 +106,7 @@ pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<Str
         }
     }
 
-    let m = Manifest {
+    let mut m = Manifest {
         version: manifest::VERSION,
         job_id: a.job_id.clone(),
         bucket: a.url.bucket.clone(),
@@ -107,6 +116,7 @@ pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<Str
             path: workdir.clone(),
             key: manifest::workdir_key(&prefix, &a.job_id),
             entries,
+            packs: vec![],
         },
         inputs,
         outputs,
@@ -114,18 +124,42 @@ pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<Str
         exit_code_file: ec,
         done_key: manifest::done_key(&prefix, &a.job_id),
     };
-    // Check before uploading anything: a path outside every root is a usage error, not a surprise in the pod.
-    m.validate().map_err(|r| {
+    // Check before uploading anything: a path outside every root is a usage error, not a
+    // surprise in the pod. Checksums not known yet are learnt while uploading.
+    let mut probe = m.clone();
+    fill_crcs(&mut probe, &|_| Some(checksum::encode(0)));
+    probe.validate().map_err(|r| {
         Error::Config(format!(
             "{r}; pass --mount-root for each directory the pod should mount"
         ))
     })?;
 
-    let workdir_files: Vec<Upload> = m
+    // Small workdir files travel packed; the rest one object each, read once while uploading.
+    let (small, single): (Vec<&Entry>, Vec<&Entry>) = m
         .workdir
         .entries
         .iter()
         .filter(|e| e.kind == Kind::File)
+        .partition(|e| e.size <= pack::MEMBER_MAX);
+    let sources = small
+        .iter()
+        .map(|e| pack::Source {
+            rel: e.path.clone(),
+            path: wd.join(&e.path),
+            size: e.size,
+        })
+        .collect();
+    let (job, pfx) = (m.job_id.clone(), m.prefix.clone());
+    let groups = pack::plan(sources, cfg.part_size.bytes());
+    let sent = pack::upload(
+        store,
+        |n| manifest::pack_key(&pfx, &job, n),
+        groups,
+        cfg.concurrency.get(),
+    )
+    .await?;
+    let singles: Vec<Upload> = single
+        .iter()
         .map(|e| {
             upload(
                 &wd.join(&e.path),
@@ -134,15 +168,33 @@ pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<Str
             )
         })
         .collect();
-    let w = transfer::upload_all(store, workdir_files, cfg, false, "stage workdir").await?;
-    let d = transfer::upload_all(
+    // Workdir files are staged once per job: their checksums are not worth remembering.
+    let how = |skip_present, sums: &Arc<SumCache>| UploadHow {
+        skip_present,
+        adopt_read_crc: true,
+        sums: sums.clone(),
+    };
+    let once = Arc::new(SumCache::disabled());
+    let (w, wcrcs) =
+        transfer::upload_all_with(store, singles, cfg, &how(false, &once), "stage workdir").await?;
+    let (d, dcrcs) = transfer::upload_all_with(
         store,
         dataset_uploads(m.inputs.iter().chain(&m.indices)),
         cfg,
-        true,
+        &how(true, &sums),
         "stage datasets",
     )
     .await?;
+
+    let mut by_key: HashMap<String, String> = wcrcs.into_iter().chain(dcrcs).collect();
+    let wkey = m.workdir.key.clone();
+    for (rel, crc) in sent.crcs {
+        by_key.insert(format!("{wkey}/{rel}"), crc);
+    }
+    fill_crcs(&mut m, &|key| by_key.get(key).cloned());
+    m.workdir.packs = sent.packs;
+    m.validate()
+        .map_err(|r| Error::manifest(m.manifest_key(), r))?;
 
     crate::attempt::forget_all(store, &m).await?;
     let key = m.manifest_key();
@@ -152,14 +204,50 @@ pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<Str
     let url = format!("s3://{}/{key}", m.bucket);
     tracing::info!(
         job = %m.job_id,
-        "stage done: {}; datasets: {} uploaded, {} already in S3 ({:.1} MiB not sent); {}",
-        crate::progress::summary(w.files + d.files, w.bytes + d.bytes, started.elapsed()),
+        "stage done: {}; {} small files in {} packs; datasets: {} uploaded, {} already in S3 ({:.1} MiB not sent); read {} bytes from local files; {}",
+        crate::progress::summary(sent.files + w.files + d.files, sent.bytes + w.bytes + d.bytes, started.elapsed()),
+        sent.files,
+        m.workdir.packs.len(),
         d.files,
         d.skipped_files,
         d.skipped_bytes as f64 / 1048576.0,
+        sumcache::bytes_read(),
         store.requests()
     );
     Ok(url)
+}
+
+/// Fills every file's missing checksum (workdir entries, datasets and their files) from
+/// `crc_of(object key)`.
+fn fill_crcs(m: &mut Manifest, crc_of: &dyn Fn(&str) -> Option<String>) {
+    let wkey = m.workdir.key.clone();
+    let fill = |crc: &mut Option<String>, key: String| {
+        if crc.is_none() {
+            *crc = crc_of(&key);
+        }
+    };
+    for e in m
+        .workdir
+        .entries
+        .iter_mut()
+        .filter(|e| e.kind == Kind::File)
+    {
+        fill(&mut e.crc64nvme, format!("{wkey}/{}", e.path));
+    }
+    for d in m.inputs.iter_mut().chain(m.indices.iter_mut()) {
+        if d.kind == Kind::File {
+            // The upload's checksum wins: it is the checksum of the bytes S3 now holds.
+            if let Some(c) = crc_of(&d.key) {
+                d.crc64nvme = Some(c);
+            }
+            continue;
+        }
+        for f in d.files.iter_mut().filter(|f| f.kind == Kind::File) {
+            if let Some(c) = crc_of(&format!("{}/{}", d.key, f.path)) {
+                f.crc64nvme = Some(c);
+            }
+        }
+    }
 }
 
 fn upload(src: &Path, key: String, e: &Entry) -> Upload {
@@ -222,6 +310,43 @@ pub fn dataset(path: &str, key: &str) -> Result<Dataset> {
         mode,
         mtime_ns,
         crc64nvme: Some(crc),
+        files: vec![],
+    })
+}
+
+/// A dataset for staging: its checksum from the checksum cache when the cache still vouches
+/// for it, otherwise left empty (the upload reads the file once and learns it).
+fn dataset_cached(path: &str, key: &str, sums: &SumCache) -> Result<Dataset> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "stat dataset", e))?;
+    let cached = |p: &Path| -> Result<Option<String>> {
+        let f = std::fs::File::open(p).map_err(|e| Error::io(p, "open", e))?;
+        let k = Key::of(&f.metadata().map_err(|e| Error::io(p, "stat", e))?);
+        Ok(sums.lookup(&f, &k).map(checksum::encode))
+    };
+    if meta.is_dir() {
+        let mut files = tree::scan(Path::new(path), &|_, _, _| false)?;
+        for f in files.iter_mut().filter(|f| f.kind == Kind::File) {
+            f.crc64nvme = cached(&Path::new(path).join(&f.path))?;
+        }
+        return Ok(Dataset {
+            path: path.into(),
+            key: key.into(),
+            kind: Kind::Dir,
+            size: files.iter().map(|f| f.size).sum(),
+            mode: meta.permissions().mode() & 0o7777,
+            mtime_ns: transfer::mtime_ns(&meta),
+            crc64nvme: None,
+            files,
+        });
+    }
+    Ok(Dataset {
+        path: path.into(),
+        key: key.into(),
+        kind: Kind::File,
+        size: meta.len(),
+        mode: meta.permissions().mode() & 0o7777,
+        mtime_ns: transfer::mtime_ns(&meta),
+        crc64nvme: cached(Path::new(path))?,
         files: vec![],
     })
 }

@@ -327,6 +327,22 @@ impl Store {
             .map_err(|e| self.err("put", key, e))
     }
 
+    /// PUT bytes read into memory with their CRC64-NVME: the server verifies it.
+    pub async fn put_bytes(&self, key: &str, bytes: Vec<u8>, crc64nvme: &str) -> Result<()> {
+        self.counters.put.fetch_add(1, Ordering::Relaxed);
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_crc64_nvme(crc64nvme)
+            .metadata(CRC_METADATA, crc64nvme)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err("put", key, e))
+    }
+
     /// PUT a whole file whose CRC64-NVME is known: the server verifies it.
     pub async fn put_file(&self, key: &str, path: &Path, crc64nvme: &str) -> Result<()> {
         self.counters.put.fetch_add(1, Ordering::Relaxed);
@@ -458,6 +474,34 @@ impl Store {
             .part_number(number)
             .set_e_tag(out.e_tag().map(str::to_string))
             .checksum_crc32(crc32)
+            .build())
+    }
+
+    /// Uploads bytes read into memory as part `number` (1-based), CRC32-checked.
+    pub async fn upload_part_bytes(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        bytes: Vec<u8>,
+    ) -> Result<CompletedPart> {
+        self.counters.multipart.fetch_add(1, Ordering::Relaxed);
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| self.err("upload part", key, e))?;
+        Ok(CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(out.e_tag().map(str::to_string))
+            .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
             .build())
     }
 

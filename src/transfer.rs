@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{Entry, Kind};
 use crate::progress::{self, Progress};
 use crate::store::Store;
+use crate::sumcache::SumCache;
 use std::fs::{File, FileTimes, OpenOptions, Permissions};
 use std::future::Future;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
@@ -507,7 +508,8 @@ async fn fetch_range(
 }
 
 /// Uploads every item; with `skip_present`, one HEAD first skips objects S3 already holds
-/// with the same size and checksum.
+/// with the same size and checksum. Every upload reads its file once, checksumming what it
+/// sends; a file whose bytes no longer match its recorded checksum is an error.
 pub async fn upload_all(
     store: &Arc<Store>,
     items: Vec<Upload>,
@@ -515,20 +517,81 @@ pub async fn upload_all(
     skip_present: bool,
     label: &'static str,
 ) -> Result<Stats> {
+    let how = UploadHow {
+        skip_present,
+        adopt_read_crc: false,
+        sums: Arc::new(SumCache::disabled()),
+    };
+    upload_all_with(store, items, cfg, &how, label)
+        .await
+        .map(|(s, _)| s)
+}
+
+/// How a batch of uploads treats checksums.
+pub struct UploadHow {
+    /// HEAD first; skip objects S3 holds with the same size and checksum.
+    pub skip_present: bool,
+    /// An item whose checksum is unknown (empty) or no longer matches its bytes is uploaded
+    /// with the checksum of the bytes read (stage: the upload read is the truth); otherwise
+    /// a mismatch is an error.
+    pub adopt_read_crc: bool,
+    /// Where checksums of files read whole are remembered.
+    pub sums: Arc<SumCache>,
+}
+
+/// [`upload_all`], also returning the checksum each uploaded or skipped key was sent with.
+pub async fn upload_all_with(
+    store: &Arc<Store>,
+    items: Vec<Upload>,
+    cfg: Transfer,
+    how: &UploadHow,
+    label: &'static str,
+) -> Result<(Stats, Vec<(String, String)>)> {
     let sem = Arc::new(Semaphore::new(cfg.concurrency.get()));
-    for_each_file(
+    let sums_out = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stats = for_each_file(
         items,
         |u| u.size,
         label,
         "already in S3",
         4 * cfg.concurrency.get(),
         |item: Upload, progress| {
-            let (store, sem) = (store.clone(), sem.clone());
+            let (store, sem, out) = (store.clone(), sem.clone(), sums_out.clone());
             let part = cfg.part_size.for_object(item.size);
-            async move { upload_one(&store, &sem, &item, part, skip_present, &progress).await }
+            let (skip, adopt, sums) = (how.skip_present, how.adopt_read_crc, how.sums.clone());
+            async move {
+                let (moved, crc) =
+                    upload_one(&store, &sem, &item, part, (skip, adopt), &sums, &progress).await?;
+                out.lock().expect("lock").push((item.key.clone(), crc));
+                Ok(moved)
+            }
         },
     )
-    .await
+    .await?;
+    let crcs = std::mem::take(&mut *sums_out.lock().expect("lock"));
+    Ok((stats, crcs))
+}
+
+fn changed(item: &Upload, expected: &str, actual: &str) -> Error {
+    Error::Checksum {
+        what: format!(
+            "crc64nvme of {} (it changed after ferry checksummed it; run again once it is written)",
+            item.src.display()
+        ),
+        expected: expected.to_string(),
+        actual: actual.to_string(),
+    }
+}
+
+async fn skip_if_present(store: &Store, sem: &Semaphore, item: &Upload, crc: &str) -> Result<bool> {
+    let _permit = sem.acquire().await.expect("semaphore open");
+    is_present(store, item, crc).await
+}
+
+/// True if S3 holds `item.key` with the same size and checksum (one HEAD).
+async fn is_present(store: &Store, item: &Upload, crc: &str) -> Result<bool> {
+    let head = store.head(&item.key).await?;
+    Ok(head.is_some_and(|h| h.size == item.size && h.crc64nvme.as_deref() == Some(crc)))
 }
 
 async fn upload_one(
@@ -536,28 +599,113 @@ async fn upload_one(
     sem: &Arc<Semaphore>,
     item: &Upload,
     part: u64,
-    skip_present: bool,
+    (skip_present, adopt): (bool, bool),
+    sums: &Arc<SumCache>,
     progress: &Arc<Progress>,
-) -> Result<bool> {
-    if skip_present {
-        let _permit = sem.acquire().await.expect("semaphore open");
-        let head = store.head(&item.key).await?;
-        if head.is_some_and(|h| {
-            h.size == item.size && h.crc64nvme.as_deref() == Some(item.crc64nvme.as_str())
-        }) {
-            progress.add_bytes(item.size);
-            return Ok(false);
-        }
+) -> Result<(bool, String)> {
+    let known = item.crc64nvme.clone();
+    if skip_present && !known.is_empty() && skip_if_present(store, sem, item, &known).await? {
+        progress.add_bytes(item.size);
+        return Ok((false, known));
     }
     if item.size <= part {
+        // One read: the bytes in memory and their checksum. The permit is held until the bytes
+        // are sent, so at most `concurrency` buffers of ≤ part size exist at once.
         let _permit = sem.acquire().await.expect("semaphore open");
-        store
-            .put_file(&item.key, &item.src, &item.crc64nvme)
-            .await?;
+        let (src, sums2) = (item.src.clone(), sums.clone());
+        let (key, bytes, crc) = blocking(&item.src, "read", move || sums2.read_whole(&src)).await?;
+        let crc = checksum::encode(crc);
+        if key.size != item.size {
+            return Err(Error::Checksum {
+                what: format!(
+                    "size of {} (it changed after ferry listed it; run again once it is written)",
+                    item.src.display()
+                ),
+                expected: item.size.to_string(),
+                actual: key.size.to_string(),
+            });
+        }
+        if !known.is_empty() && crc != known {
+            if !adopt {
+                return Err(changed(item, &known, &crc));
+            }
+            tracing::warn!(
+                "{}: its checksum cache entry did not match the bytes; uploading what was read now",
+                item.src.display()
+            );
+        }
+        if skip_present && known.is_empty() && is_present(store, item, &crc).await? {
+            progress.add_bytes(item.size);
+            return Ok((false, crc));
+        }
+        store.put_bytes(&item.key, bytes, &crc).await?;
         progress.add_bytes(item.size);
-        return Ok(true);
+        return Ok((true, crc));
     }
-    let id = store.create_multipart(&item.key, &item.crc64nvme).await?;
+    // Multipart: the checksum goes into the object's metadata at the start, so it must be known
+    // first (a cache hit, or one checksum pass); the parts are checked against it as they are read.
+    let crc = if known.is_empty() {
+        let (src, sums2) = (item.src.clone(), sums.clone());
+        let (_, c) = blocking(&item.src, "read", move || sums2.checksum(&src)).await?;
+        let c = checksum::encode(c);
+        if skip_present && skip_if_present(store, sem, item, &c).await? {
+            progress.add_bytes(item.size);
+            return Ok((false, c));
+        }
+        c
+    } else {
+        known
+    };
+    match upload_parts(store, sem, item, part, &crc, progress).await {
+        // A checksum cache entry that lied (forged, or a change it could not see): forget it,
+        // read the file again and upload that.
+        Err(Error::Checksum { .. }) if adopt => {
+            tracing::warn!(
+                "{}: its checksum cache entry did not match the bytes; reading it again",
+                item.src.display()
+            );
+            sums.forget(&item.src);
+            let (src, sums2) = (item.src.clone(), sums.clone());
+            let (_, c) = blocking(&item.src, "read", move || sums2.checksum(&src)).await?;
+            let c = checksum::encode(c);
+            upload_parts(store, sem, item, part, &c, progress).await?;
+            Ok((true, c))
+        }
+        r => r.map(|()| (true, crc)),
+    }
+}
+
+/// Runs blocking file work off the async threads, naming `path` if it fails.
+async fn blocking<T: Send + 'static>(
+    path: &Path,
+    what: &'static str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| Error::io(path, what, e)),
+        Err(e) => Err(Error::io(path, what, std::io::Error::other(e.to_string()))),
+    }
+}
+
+/// Reads `len` bytes at `offset` of `path` (one part), with their CRC.
+fn read_part(path: &Path, offset: u64, len: u64) -> std::io::Result<(Vec<u8>, u64)> {
+    let f = File::open(path)?;
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact_at(&mut buf, offset)?;
+    crate::sumcache::note_read(len);
+    let crc = checksum::of_bytes(&buf);
+    Ok((buf, crc))
+}
+
+async fn upload_parts(
+    store: &Arc<Store>,
+    sem: &Arc<Semaphore>,
+    item: &Upload,
+    part: u64,
+    crc: &str,
+    progress: &Arc<Progress>,
+) -> Result<()> {
+    let id = store.create_multipart(&item.key, crc).await?;
     let mut set = JoinSet::new();
     let (mut start, mut number) = (0u64, 1i32);
     while start < item.size {
@@ -566,11 +714,11 @@ async fn upload_one(
         let (key, id, src) = (item.key.clone(), id.clone(), item.src.clone());
         set.spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore open");
-            let p = store
-                .upload_part(&key, &id, number, &src, start, len)
-                .await?;
+            let s2 = src.clone();
+            let (bytes, crc) = blocking(&src, "read", move || read_part(&s2, start, len)).await?;
+            let p = store.upload_part_bytes(&key, &id, number, bytes).await?;
             progress.add_bytes(len);
-            Ok::<_, Error>(p)
+            Ok::<_, Error>((p, start, len, crc))
         });
         start += len;
         number += 1;
@@ -594,17 +742,44 @@ async fn upload_one(
             }
         }
     }
+    if failure.is_none() {
+        parts.sort_by_key(|p| p.1);
+        let whole = parts
+            .iter()
+            .skip(1)
+            .fold(parts[0].3, |acc, p| checksum::combine(acc, p.3, p.2));
+        let got = checksum::encode(whole);
+        if got != crc {
+            failure = Some(changed(item, crc, &got));
+        }
+    }
     if let Some(e) = failure {
         set.abort_all();
         store.abort_multipart(&item.key, &id).await;
         return Err(e);
     }
-    parts.sort_by_key(|p| p.part_number());
+    let parts = parts.into_iter().map(|p| p.0).collect();
     if let Err(e) = store.complete_multipart(&item.key, &id, parts).await {
         store.abort_multipart(&item.key, &id).await;
         return Err(e);
     }
-    Ok(true)
+    Ok(())
+}
+
+/// Writes `bytes` at `dest` with its mode and mtime: temp file beside it, then rename.
+pub fn place_bytes(dest: &Path, bytes: &[u8], mode: u32, mtime_ns: i64) -> std::io::Result<()> {
+    let tmp = TempFile(temp_path(dest));
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp.0)?;
+    f.write_all_at(bytes, 0)?;
+    f.set_permissions(Permissions::from_mode(mode & PERMISSION_BITS))?;
+    f.set_times(FileTimes::new().set_modified(mtime(mtime_ns)))?;
+    drop(f);
+    std::fs::rename(&tmp.0, dest)
 }
 
 #[cfg(test)]

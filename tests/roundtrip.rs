@@ -84,8 +84,17 @@ async fn a_job_round_trips_through_s3_byte_identical() {
         staged.contains(&format!("ferry/data{b}/files/000/dataset_1.dat")),
         "{staged:?}"
     );
+    // Small workdir files travel packed; the 20 MiB one has its own object.
     assert!(
-        staged.contains(&"ferry/jobs/42/workdir/configs/tool conf ü.xml".to_string()),
+        staged.contains(&"ferry/jobs/42/workdir/working/big.bin".to_string()),
+        "{staged:?}"
+    );
+    assert!(
+        staged.contains(&"ferry/jobs/42/packs/00000".to_string()),
+        "{staged:?}"
+    );
+    assert!(
+        !staged.iter().any(|k| k.contains("tool conf")),
         "{staged:?}"
     );
 

@@ -187,7 +187,8 @@ def test_init_completes_through_503_500_and_broken_bodies(s3, proxy, tmp_path):
            endpoint=proxy.endpoint))
     assert snapshot(under(root, wd)) == snapshot(wd)
     assert snapshot(under(root, inp.parent)) == snapshot(inp.parent)
-    assert proxy.injected == 20, proxy.faults
+    # The 150 small files travel in one pack: few requests, so fewer faults than the plan allows.
+    assert proxy.injected >= 5, proxy.faults
     assert all(proxy.faults[k] > 0 for k in ("503", "500", "reset_body")), proxy.faults
     assert temp_files(root) == []
 
@@ -589,7 +590,13 @@ def test_a_short_outage_is_ridden_out_at_full_concurrency(s3, proxy, tmp_path):
     bucket = s3.new_bucket("outage-wide")
     head = tmp_path / "head"
     wd, inp = make_head(head, n_small=300, seed=14)
-    url = stage(s3, bucket, "14", wd, "--input", inp)
+    # The workdir's small files travel in one pack; an index directory's files (datasets are
+    # never packed) keep 16 GETs in flight.
+    refs = head / "refs"
+    rng = random.Random(14)
+    for i in range(300):
+        write(refs / f"r{i}.dat", rng.randbytes(5000))
+    url = stage(s3, bucket, "14", wd, "--input", inp, "--index", refs)
     root = tmp_path / "pod"
     proxy.rate = MiB
     since = proxy.mark()
@@ -607,6 +614,7 @@ def test_a_short_outage_is_ridden_out_at_full_concurrency(s3, proxy, tmp_path):
         proc.kill()
     assert code == 0, log.read_text()[-3000:]
     assert snapshot(under(root, wd)) == snapshot(wd)
+    assert snapshot(under(root, refs)) == snapshot(refs)
     assert temp_files(root) == []
 
 
