@@ -176,26 +176,7 @@ mod tests {
     use super::*;
 
     fn sample(exit_code: Option<i32>, reason: Reason) -> Done {
-        Done {
-            version: VERSION,
-            job_id: "1".into(),
-            attempt: 1,
-            exit_code,
-            reason,
-            changed: vec![],
-            packs: vec![],
-            deleted: vec![],
-            mode_changes: vec![],
-            outputs: vec![],
-            missing_outputs: vec![],
-            failed_outputs: vec![],
-            files_uploaded: 0,
-            bytes_uploaded: 0,
-            requests: Requests::default(),
-            wait_seconds: 0.0,
-            upload_seconds: 0.0,
-            finished_at: 0,
-        }
+        Done::empty("1", 1, exit_code, reason)
     }
 
     #[test]
