@@ -15,6 +15,7 @@ use aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriorit
 /// `/etc/ssl/certs/ca-certificates.crt` and friends, or `SSL_CERT_FILE` / `SSL_CERT_DIR`
 /// instead when set (rustls-native-certs reads them).
 pub fn http_client() -> Result<Option<SharedHttpClient>> {
+    check_ssl_cert_file()?;
     let path = match std::env::var(env::AWS_CA_BUNDLE) {
         Ok(p) if !p.is_empty() => p,
         _ => return Ok(None),
@@ -34,6 +35,20 @@ pub fn http_client() -> Result<Option<SharedHttpClient>> {
             .tls_context(context)
             .build_https(),
     ))
+}
+
+/// `SSL_CERT_FILE` replaces the system roots: a typo in it would make every endpoint, AWS's
+/// too, look untrusted. Checked like `AWS_CA_BUNDLE`, so the line names the real cause.
+fn check_ssl_cert_file() -> Result<()> {
+    let path = match std::env::var("SSL_CERT_FILE") {
+        Ok(p) if !p.is_empty() => p,
+        _ => return Ok(()),
+    };
+    let bad = |why: String| Error::Config(format!("SSL_CERT_FILE={path}: {why}"));
+    let pem = std::fs::read(&path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    check_bundle(&pem)
+        .map(|_| ())
+        .map_err(|why| bad(format!("{why}; give a PEM file of CA certificates")))
 }
 
 /// The number of certificates in a PEM bundle, each usable as a trust anchor.

@@ -173,3 +173,18 @@ def test_an_unusable_ca_bundle_is_refused_naming_it(https, server, tmp_path, con
     assert p.returncode == 2, p.stderr
     errors = error_lines(p.stderr)
     assert len(errors) == 1 and f"AWS_CA_BUNDLE={bundle}" in errors[0], p.stderr
+
+
+@pytest.mark.parametrize("content", [None, b"not a certificate\n"])
+def test_an_unusable_ssl_cert_file_is_refused_naming_it(https, server, tmp_path, content):
+    # SSL_CERT_FILE replaces the system roots: a typo must not look like an untrusted server.
+    bundle = tmp_path / "roots.pem"
+    if content is not None:
+        bundle.write_bytes(content)
+    wd = tmp_path / "w"
+    write(wd / "a.txt", b"a\n")
+    p = run(server, "stage", "--url", "s3://some-bucket/p", "--job-id", "1", "--workdir", wd,
+            endpoint=https[0], SSL_CERT_FILE=bundle)
+    assert p.returncode == 2, p.stderr
+    errors = error_lines(p.stderr)
+    assert len(errors) == 1 and f"SSL_CERT_FILE={bundle}" in errors[0], p.stderr
