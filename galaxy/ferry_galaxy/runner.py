@@ -383,7 +383,11 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
 
     def _handle_job_failure(self, k8s_job, job_state):
         """Galaxy's reading of a failed pod, then ferry's own: when ferry's init container or sidecar
-        failed, its error line becomes the job's message and, as nothing can be collected, its stderr."""
+        failed, its error line becomes the job's message and, as nothing can be collected, its stderr.
+
+        The manifest is read from the Kubernetes Job first: Galaxy queues the Job's deletion here, before
+        the job is finished or failed, and a runner started after a Galaxy restart knows it from nowhere else."""
+        self._remember_manifest_url(job_state, k8s_job.obj)
         mark_failed = super()._handle_job_failure(k8s_job, job_state)
         failure = self._ferry_container_failure(job_state)
         if failure is None:
@@ -458,8 +462,8 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         return p
 
     def _manifest_url(self, job_state) -> Optional[str]:
-        """The manifest of the job's pod: remembered at staging, or read back from the Kubernetes Job (after
-        a Galaxy restart). None when no Kubernetes Job was created."""
+        """The manifest of the job's pod: remembered at staging or before Galaxy deleted the Kubernetes Job,
+        else read back from the Kubernetes Job (after a Galaxy restart). None when no Kubernetes Job was created."""
         external_id = getattr(job_state, "job_id", None)
         if not external_id:
             return None
@@ -473,14 +477,22 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
             log.exception("(%s) could not read Kubernetes Job %s", job_state.job_wrapper.get_id_tag(), external_id)
             return None
         for job in items:
-            pod_spec = job["spec"]["template"]["spec"]
-            for container in pod_spec.get("initContainers", []) + pod_spec.get("containers", []):
-                for env in container.get("env") or []:
-                    if env.get("name") == "FERRY_MANIFEST":
-                        job_state.ferry_manifest_url = env["value"]
-                        return env["value"]
-        log.error("(%s) Kubernetes Job %s has no ferry manifest", job_state.job_wrapper.get_id_tag(), external_id)
+            if self._remember_manifest_url(job_state, job):
+                return job_state.ferry_manifest_url
+        why = "has no ferry manifest" if items else "is gone, and with it the job's ferry manifest"
+        log.error("(%s) Kubernetes Job %s %s", job_state.job_wrapper.get_id_tag(), external_id, why)
         return None
+
+    @staticmethod
+    def _remember_manifest_url(job_state, k8s_job: dict) -> bool:
+        """Keeps on the job state the manifest that `ferry inject` put in the Kubernetes Job's pod spec."""
+        if getattr(job_state, "ferry_manifest_url", None):
+            return True
+        url = manifest_url_of(k8s_job)
+        if url is None:
+            return False
+        job_state.ferry_manifest_url = url
+        return True
 
     # --- the pools ------------------------------------------------------------------------------
 
@@ -531,6 +543,16 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         if check and p.returncode != 0:
             raise FerryError(_failure(what, p))
         return p
+
+
+def manifest_url_of(k8s_job: dict) -> Optional[str]:
+    """FERRY_MANIFEST of a Kubernetes Job's ferry containers (set by `ferry inject`), or None."""
+    pod_spec = ((k8s_job.get("spec") or {}).get("template") or {}).get("spec") or {}
+    for container in (pod_spec.get("initContainers") or []) + (pod_spec.get("containers") or []):
+        for env in container.get("env") or []:
+            if env.get("name") == "FERRY_MANIFEST" and env.get("value"):
+                return env["value"]
+    return None
 
 
 def pod_mounts(spec: dict[str, Any]) -> list[str]:
