@@ -615,8 +615,9 @@ def job_texts(job_wrapper):
 def reference_files(texts, roots):
     """The files under ``roots`` that ``texts`` name: each named path (file or directory) and the files
     beside it whose name starts with its name and a dot (a bwa index ``hg38.fa`` -> ``hg38.fa.amb``,
-    ``hg38.fa.bwt``...). Nothing else of the directory."""
+    ``hg38.fa.bwt``...). Nothing else of the directory, and nothing a symlink leads out of the roots to."""
     roots = [os.path.normpath(r) for r in roots]
+    real_roots = [os.path.realpath(r) for r in roots]
     found = []
     for text in texts:
         for root in roots:
@@ -628,8 +629,17 @@ def reference_files(texts, roots):
                 named = os.path.normpath(m.group(1) or m.group(2))
                 if not named.startswith(root + "/"):
                     continue  # `..` left the root
-                found.extend(_with_siblings(named))
+                found.extend(p for p in _with_siblings(named) if _inside(p, real_roots))
     return list(dict.fromkeys(found))
+
+
+def _inside(path: str, real_roots: list[str]) -> bool:
+    """Whether path, its symlinks resolved, is in one of the (resolved) roots."""
+    real = os.path.realpath(path)
+    if any(real == r or real.startswith(r.rstrip("/") + "/") for r in real_roots):
+        return True
+    log.warning("not staging %s as reference data: it leads to %s, outside every ferry_reference_roots", path, real)
+    return False
 
 
 def _with_siblings(path):
