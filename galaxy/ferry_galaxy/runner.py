@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -132,6 +133,11 @@ FERRY_PARAM_SPECS = dict(
     ferry_head_env=dict(map=env_mapping, default={}),
     # Seconds `ferry collect` waits for the pod's done.json once Kubernetes reports the Job ended.
     ferry_collect_wait=dict(map=int, valid=lambda x: int(x) >= 0, default=60),
+    # Seconds a `ferry stage` or `ferry collect` may run (the job's transfers) before it is killed and the
+    # job fails naming the command: a stalled S3 endpoint never holds a thread forever.
+    ferry_transfer_timeout=dict(map=int, valid=lambda x: int(x) >= 1, default=3600),
+    # Seconds any other ferry command (`status`, `inject`) may run before it is killed.
+    ferry_command_timeout=dict(map=int, valid=lambda x: int(x) >= 1, default=120),
     # Passed to `ferry collect --link-outputs-under` when set (outputs become symlinks into an S3 mount).
     ferry_link_outputs_under=dict(map=str, valid=lambda s: s is None or str(s).startswith("/"), default=None),
     # Reference data staged for every job of the destination (ferry stage --index): a list or comma-separated paths.
@@ -365,7 +371,10 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
             return super().finish_job(job_state)
         if collected is None or collected.returncode not in (0, EXIT_JOB_FAILED):
             # Without collect, a missing .ec would read as exit code 0: fail instead.
-            reason = _failure("collect", collected) if collected else "no ferry manifest is known for the job"
+            if collected:
+                reason = _failure("collect", collected)
+            else:
+                reason = getattr(job_state, "ferry_collect_problem", "no ferry manifest is known for the job")
             job_state.fail_message = f"The job's results could not be brought back from S3: {reason}"
             job_state.runner_state = JobState.runner_states.JOB_OUTPUT_NOT_RETURNED_FROM_CLUSTER
             self.mark_as_failed(job_state)
@@ -450,8 +459,13 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         args = ["collect", "--manifest", url, "--wait", str(settings.collect_wait)]
         if settings.link_outputs_under:
             args += ["--link-outputs-under", settings.link_outputs_under]
-        p = self._ferry(args, "collect", settings, check=False)
         id_tag = job_state.job_wrapper.get_id_tag()
+        try:
+            p = self._ferry(args, "collect", settings, check=False)
+        except FerryError as e:
+            log.error("(%s) %s", id_tag, e)
+            job_state.ferry_collect_problem = str(e)
+            return None
         if p.returncode == 0:
             log.info("(%s) ferry collected %s", id_tag, url)
         elif p.returncode == EXIT_JOB_FAILED:
@@ -532,17 +546,39 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
     # --- the ferry binary -----------------------------------------------------------------------
 
     def _ferry(self, args, what, settings: Settings, stdin=None, check=True) -> subprocess.CompletedProcess:
+        """Runs `ferry ARGS`; FerryError when it cannot start, runs past its timeout, or (check) fails."""
         cmd = [settings.binary, *map(str, args)]
         env = {**os.environ, **settings.env, **settings.head_env}
-        try:
-            p = subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=env)
-        except OSError as e:
-            raise FerryError(f"cannot run {cmd[0]}: {e}") from e
+        timeout = settings.transfer_timeout if what in ("stage", "collect") else settings.command_timeout
+        p = _run(cmd, stdin, env, timeout, what)
         for line in p.stderr.splitlines():
             log.debug("ferry %s: %s", what, line)
         if check and p.returncode != 0:
             raise FerryError(_failure(what, p))
         return p
+
+
+def _run(cmd: list[str], stdin: Optional[str], env: dict, timeout: int, what: str) -> subprocess.CompletedProcess:
+    """cmd in a process group of its own, killed whole when it runs past timeout seconds."""
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env, start_new_session=True)
+    except OSError as e:
+        raise FerryError(f"cannot run {cmd[0]}: {e}") from e
+    with proc:
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate()
+            last = _last_line(err)
+            raise FerryError(
+                f"ferry {what} did not finish within {timeout} s and was killed (is the S3 endpoint reachable? "
+                f"ferry_{'transfer' if what in ('stage', 'collect') else 'command'}_timeout)"
+                + (f"; its last line: {last}" if last else "")
+            ) from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def manifest_url_of(k8s_job: dict) -> Optional[str]:
