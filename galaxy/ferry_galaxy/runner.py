@@ -211,6 +211,8 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         # Two pools: a burst of slow stages never delays the collect (and so the end) of finished jobs.
         self._stage_pool = ThreadPoolExecutor(threads, thread_name_prefix="ferry-stage")
         self._collect_pool = ThreadPoolExecutor(threads, thread_name_prefix="ferry-collect")
+        # Failed jobs collect apart too: a burst of them never delays the collect of finished jobs.
+        self._fail_pool = ThreadPoolExecutor(threads, thread_name_prefix="ferry-fail")
         self._pending = set()
         self._pending_lock = threading.Lock()
 
@@ -218,6 +220,7 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         super().shutdown()
         self._stage_pool.shutdown(wait=False, cancel_futures=True)
         self._collect_pool.shutdown(wait=False, cancel_futures=True)
+        self._fail_pool.shutdown(wait=False, cancel_futures=True)
 
     # --- settings: the destination's params over the plugin's -------------------------------
 
@@ -382,13 +385,31 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         super().finish_job(job_state)
 
     def fail_job(self, job_state, exception=False, message="Job failed", full_status=None):
-        self._submit(self._collect_pool, self._fail_job, job_state, exception, message, full_status)
+        self._submit(self._fail_pool, self._fail_job, job_state, exception, message, full_status)
 
     def _fail_job(self, job_state, exception=False, message="Job failed", full_status=None):
         # Best effort: the job fails anyway, but with the tool's stdout/stderr and .ec when the pod left them.
+        if getattr(job_state, "job_id", None) and not hasattr(job_state, "ferry_never_ran"):
+            self._check_gone_pod(job_state)
         if not getattr(job_state, "ferry_failure", None):
             self._collect(job_state)
         super().fail_job(job_state, exception, message, full_status)
+
+    def _check_gone_pod(self, job_state):
+        """A job failed without Galaxy reading its pod (its Kubernetes Job was deleted outside Galaxy): when
+        no ferry container ran, collect does not wait, and the job's info says why unless Galaxy's does."""
+        if hasattr(job_state, "ferry_collect"):  # collected already (finish_job found nothing to bring back)
+            return
+        job_state.ferry_never_ran = never_ran(self._pod_status(job_state), gone=True)
+        if not getattr(job_state, "fail_message", None):
+            self._note_never_ran(job_state)
+
+    def _handle_unschedulable_job(self, k8s_job, job_state):
+        """Galaxy's ending of a pod unschedulable past k8s_unschedulable_walltime_limit: nothing ran, so
+        collect does not wait for a done.json."""
+        self._remember_manifest_url(job_state, k8s_job.obj)
+        job_state.ferry_never_ran = f"{INIT_NAME} never started: the pod was never scheduled"
+        return super()._handle_unschedulable_job(k8s_job, job_state)
 
     def _handle_job_failure(self, k8s_job, job_state):
         """Galaxy's reading of a failed pod, then ferry's own: when ferry's init container or sidecar
@@ -398,9 +419,11 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         the job is finished or failed, and a runner started after a Galaxy restart knows it from nowhere else."""
         self._remember_manifest_url(job_state, k8s_job.obj)
         mark_failed = super()._handle_job_failure(k8s_job, job_state)
-        failure = self._ferry_container_failure(job_state)
+        status = self._pod_status(job_state)
+        job_state.ferry_never_ran = never_ran(status)
+        failure = ferry_container_failure(status)
         if failure is None:
-            return mark_failed
+            return self._note_never_ran(job_state) or mark_failed
         container, line = failure
         job_state.ferry_failure = failure
         what = "fetch the job's files from S3" if container == INIT_NAME else "send the job's results to S3"
@@ -415,29 +438,26 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
                 f.write(f"{job_state.fail_message}\n")
         return True
 
-    def _ferry_container_failure(self, job_state) -> Optional[tuple[str, str]]:
-        """(container, ferry's error line) of a ferry container that ended with an error, from the pod
-        status Galaxy reads (``terminated.message``: ferry's /dev/termination-log, else its log's end)."""
+    def _note_never_ran(self, job_state) -> bool:
+        """When no ferry container ever ran: that is the job's info (and error file). True if so."""
+        reason = job_state.ferry_never_ran
+        if not reason:
+            return False
+        job_state.fail_message = reason
+        log.error("(%s) %s", job_state.job_wrapper.get_id_tag(), reason)
+        with contextlib.suppress(OSError), open(job_state.error_file, "a") as f:
+            f.write(f"{reason}\n")
+        return True
+
+    def _pod_status(self, job_state) -> Optional[dict]:
+        """The status of the job's pod as Kubernetes reports it; None when there is no pod (or it cannot be read)."""
         try:
             pods = find_pod_object_by_name(self._pykube_api, job_state.job_id, self.runner_params["k8s_namespace"])
             items = pods.response["items"]
         except Exception:
             log.exception("(%s) could not read the job's pod", job_state.job_wrapper.get_id_tag())
             return None
-        if not items:
-            return None
-        status = items[0].get("status") or {}
-        for c in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
-            name = c.get("name", "")
-            if not (name == INIT_NAME or name.endswith(SIDECAR_SUFFIX)):
-                continue
-            terminated = (c.get("state") or {}).get("terminated") or (c.get("lastState") or {}).get("terminated")
-            if terminated and terminated.get("exitCode"):
-                line = _error_line(terminated.get("message") or "")
-                code = terminated["exitCode"]
-                return (INIT_NAME if name == INIT_NAME else "ferry-sidecar",
-                        line or f"exited {code} ({terminated.get('reason') or 'no message'})")
-        return None
+        return (items[0].get("status") or {}) if items else None
 
     def _collect(self, job_state):
         """Runs `ferry collect` once per job state: its CompletedProcess; None when no pod ran for it (or its
@@ -456,7 +476,9 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         url = self._manifest_url(job_state)
         if url is None:
             return None
-        args = ["collect", "--manifest", url, "--wait", str(settings.collect_wait)]
+        # A pod whose ferry-init never ran uploads no done.json: collect writes a non-zero .ec at once.
+        wait = 0 if getattr(job_state, "ferry_never_ran", None) else settings.collect_wait
+        args = ["collect", "--manifest", url, "--wait", str(wait)]
         if settings.link_outputs_under:
             args += ["--link-outputs-under", settings.link_outputs_under]
         id_tag = job_state.job_wrapper.get_id_tag()
@@ -579,6 +601,49 @@ def _run(cmd: list[str], stdin: Optional[str], env: dict, timeout: int, what: st
                 + (f"; its last line: {last}" if last else "")
             ) from None
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def ferry_container_failure(status: Optional[dict]) -> Optional[tuple[str, str]]:
+    """(container, ferry's error line) of a ferry container that ended with an error, from the pod
+    status Galaxy reads (``terminated.message``: ferry's /dev/termination-log, else its log's end)."""
+    for c in _container_statuses(status):
+        name = c.get("name", "")
+        if not (name == INIT_NAME or name.endswith(SIDECAR_SUFFIX)):
+            continue
+        terminated = _terminated(c)
+        if terminated and terminated.get("exitCode"):
+            line = _error_line(terminated.get("message") or "")
+            code = terminated["exitCode"]
+            return (INIT_NAME if name == INIT_NAME else "ferry-sidecar",
+                    line or f"exited {code} ({terminated.get('reason') or 'no message'})")
+    return None
+
+
+def never_ran(status: Optional[dict], gone: bool = False) -> Optional[str]:
+    """Why no ferry container ever ran in the pod (its init container never ended: so no done.json can
+    come), or None when ferry-init ended. ``gone``: the Kubernetes Job was deleted, not failed."""
+    if status is None:
+        return "the job's pod is gone (its Kubernetes Job was deleted)" if gone else "no pod ran for the job"
+    init = [c for c in status.get("initContainerStatuses") or [] if c.get("name") == INIT_NAME]
+    if init and _terminated(init[0]):
+        return None
+    waiting = ((init[0].get("state") or {}).get("waiting") or {}) if init else {}
+    why = ": ".join(x for x in (waiting.get("reason"), waiting.get("message")) if x)
+    if not why:
+        unscheduled = [c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"
+                       and c.get("status") == "False"]
+        why = (unscheduled[0].get("reason") if unscheduled else None) or f"pod {status.get('phase') or 'Unknown'}"
+    return f"{INIT_NAME} never started: {why}"
+
+
+def _container_statuses(status: Optional[dict]) -> list[dict]:
+    status = status or {}
+    return (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
+
+
+def _terminated(container_status: dict) -> Optional[dict]:
+    return (container_status.get("state") or {}).get("terminated") or (container_status.get("lastState") or {}).get(
+        "terminated")
 
 
 def manifest_url_of(k8s_job: dict) -> Optional[str]:
