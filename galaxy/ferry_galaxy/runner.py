@@ -50,7 +50,9 @@ SIDECAR_SUFFIX = "ferry-sidecar"
 _SPEC_HOOK = "_KubernetesJobRunner__get_k8s_job_spec"
 # Where Galaxy reads a failed pod (check_watched_item calls it): ferry adds its containers' reason.
 _FAILURE_HOOK = "_handle_job_failure"
-for _hook in (_SPEC_HOOK, _FAILURE_HOOK):
+# Where Galaxy ends a pod unschedulable for too long: nothing ran, collect need not wait.
+_UNSCHEDULABLE_HOOK = "_handle_unschedulable_job"
+for _hook in (_SPEC_HOOK, _FAILURE_HOOK, _UNSCHEDULABLE_HOOK):
     if not callable(getattr(KubernetesJobRunner, _hook, None)):
         raise ImportError(
             f"galaxy.jobs.runners.kubernetes.KubernetesJobRunner has no {_hook}: ferry_galaxy was written "
