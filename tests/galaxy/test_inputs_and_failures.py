@@ -187,3 +187,21 @@ def test_a_job_whose_kubernetes_job_was_deleted_outside_galaxy_fails_without_wai
 
     assert outcome.call == "fail" and outcome.message == "the job's pod is gone (its Kubernetes Job was deleted)"
     assert job.ajs.ferry_collect.args[-2:] == ["--wait", "0"] and job.ajs.ferry_collect.returncode == 9
+
+
+def test_a_job_unschedulable_past_galaxys_limit_fails_without_waiting_for_its_results(s3, tmp_path):
+    job = GalaxyJob(s3, tmp_path, runner_params={"ferry_collect_wait": 600, "k8s_unschedulable_walltime_limit": 1})
+    job.submit("true")
+    name = job.ajs.job_id
+    job.api.jobs[name]["metadata"]["creationTimestamp"] = "2020-01-01T00:00:00Z"
+    job.api.jobs[name]["status"] = {"active": 1}
+    pod = never_started_pod(job, {})
+    pod["status"] = {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes are available"}]}
+    job.api.pods[name] = pod
+
+    outcome = job.complete()
+
+    assert outcome.call == "fail" and outcome.message == "Job was unschedulable longer than specified deadline"
+    assert job.ajs.ferry_never_ran == "ferry-init never started: the pod was never scheduled"
+    assert job.ajs.ferry_collect.args[-2:] == ["--wait", "0"] and job.ajs.ferry_collect.returncode == 9
