@@ -39,6 +39,9 @@ __all__ = ("FerryKubernetesJobRunner", "FerryError")
 EXIT_MISSING = 5  # an object named by the manifest is missing (for `status`: no manifest)
 EXIT_JOB_FAILED = 9  # the job ended without an exit code; collect wrote a non-zero .ec
 
+# The pod status when the Kubernetes API could not be read: neither a failure nor a pod that never ran.
+POD_UNREADABLE: dict = {}
+
 SIDECAR_KINDS = ("native", "shared-pid")
 # ferry inject's container names: the init container, and the sidecar (`ferry-sidecar`, or with a
 # z…z- prefix in shared-pid mode so it sorts after the tool container).
@@ -452,13 +455,14 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         return True
 
     def _pod_status(self, job_state) -> Optional[dict]:
-        """The status of the job's pod as Kubernetes reports it; None when there is no pod (or it cannot be read)."""
+        """The status of the job's pod as Kubernetes reports it; None when there is no pod, POD_UNREADABLE
+        when the API could not be read (then nothing is concluded from it)."""
         try:
             pods = find_pod_object_by_name(self._pykube_api, job_state.job_id, self.runner_params["k8s_namespace"])
             items = pods.response["items"]
         except Exception:
             log.exception("(%s) could not read the job's pod", job_state.job_wrapper.get_id_tag())
-            return None
+            return POD_UNREADABLE
         return (items[0].get("status") or {}) if items else None
 
     def _collect(self, job_state):
@@ -624,6 +628,8 @@ def ferry_container_failure(status: Optional[dict]) -> Optional[tuple[str, str]]
 def never_ran(status: Optional[dict], gone: bool = False) -> Optional[str]:
     """Why no ferry container ever ran in the pod (its init container never ended: so no done.json can
     come), or None when ferry-init ended. ``gone``: the Kubernetes Job was deleted, not failed."""
+    if status is POD_UNREADABLE:
+        return None
     if status is None:
         return "the job's pod is gone (its Kubernetes Job was deleted)" if gone else "no pod ran for the job"
     init = [c for c in status.get("initContainerStatuses") or [] if c.get("name") == INIT_NAME]

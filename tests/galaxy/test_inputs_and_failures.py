@@ -205,3 +205,22 @@ def test_a_job_unschedulable_past_galaxys_limit_fails_without_waiting_for_its_re
     assert outcome.call == "fail" and outcome.message == "Job was unschedulable longer than specified deadline"
     assert job.ajs.ferry_never_ran == "ferry-init never started: the pod was never scheduled"
     assert job.ajs.ferry_collect.args[-2:] == ["--wait", "0"] and job.ajs.ferry_collect.returncode == 9
+
+
+def test_never_ran_reads_the_pod_status_and_concludes_nothing_from_an_unreadable_one():
+    from ferry_galaxy.runner import POD_UNREADABLE, never_ran
+
+    init = {"name": "ferry-init", "state": {"waiting": {"reason": "CreateContainerConfigError",
+                                                        "message": 'secret "s3" not found'}}}
+    unscheduled = {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}
+    ended = {"initContainerStatuses": [{"name": "ferry-init", "state": {"running": {}},
+                                        "lastState": {"terminated": {"exitCode": 0}}}]}
+
+    assert never_ran({"initContainerStatuses": [init]}) == \
+        'ferry-init never started: CreateContainerConfigError: secret "s3" not found'
+    assert never_ran(unscheduled) == "ferry-init never started: Unschedulable"
+    assert never_ran(None) == "no pod ran for the job"
+    assert never_ran(None, gone=True) == "the job's pod is gone (its Kubernetes Job was deleted)"
+    assert never_ran(ended) is None, "ferry-init ended once: its done.json may come"
+    assert never_ran(POD_UNREADABLE) is None, "an API error is no evidence that nothing ran"
