@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,9 @@ __all__ = ("FerryKubernetesJobRunner", "FerryError")
 EXIT_MISSING = 5  # an object named by the manifest is missing (for `status`: no manifest)
 EXIT_JOB_FAILED = 9  # the job ended without an exit code; collect wrote a non-zero .ec
 
+# The pod status when the Kubernetes API could not be read: neither a failure nor a pod that never ran.
+POD_UNREADABLE: dict = {}
+
 SIDECAR_KINDS = ("native", "shared-pid")
 # ferry inject's container names: the init container, and the sidecar (`ferry-sidecar`, or with a
 # z…z- prefix in shared-pid mode so it sorts after the tool container).
@@ -49,7 +53,9 @@ SIDECAR_SUFFIX = "ferry-sidecar"
 _SPEC_HOOK = "_KubernetesJobRunner__get_k8s_job_spec"
 # Where Galaxy reads a failed pod (check_watched_item calls it): ferry adds its containers' reason.
 _FAILURE_HOOK = "_handle_job_failure"
-for _hook in (_SPEC_HOOK, _FAILURE_HOOK):
+# Where Galaxy ends a pod unschedulable for too long: nothing ran, collect need not wait.
+_UNSCHEDULABLE_HOOK = "_handle_unschedulable_job"
+for _hook in (_SPEC_HOOK, _FAILURE_HOOK, _UNSCHEDULABLE_HOOK):
     if not callable(getattr(KubernetesJobRunner, _hook, None)):
         raise ImportError(
             f"galaxy.jobs.runners.kubernetes.KubernetesJobRunner has no {_hook}: ferry_galaxy was written "
@@ -132,6 +138,11 @@ FERRY_PARAM_SPECS = dict(
     ferry_head_env=dict(map=env_mapping, default={}),
     # Seconds `ferry collect` waits for the pod's done.json once Kubernetes reports the Job ended.
     ferry_collect_wait=dict(map=int, valid=lambda x: int(x) >= 0, default=60),
+    # Seconds a `ferry stage` or `ferry collect` may run (the job's transfers) before it is killed and the
+    # job fails naming the command: a stalled S3 endpoint never holds a thread forever.
+    ferry_transfer_timeout=dict(map=int, valid=lambda x: int(x) >= 1, default=3600),
+    # Seconds any other ferry command (`status`, `inject`) may run before it is killed.
+    ferry_command_timeout=dict(map=int, valid=lambda x: int(x) >= 1, default=120),
     # Passed to `ferry collect --link-outputs-under` when set (outputs become symlinks into an S3 mount).
     ferry_link_outputs_under=dict(map=str, valid=lambda s: s is None or str(s).startswith("/"), default=None),
     # Reference data staged for every job of the destination (ferry stage --index): a list or comma-separated paths.
@@ -205,6 +216,8 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         # Two pools: a burst of slow stages never delays the collect (and so the end) of finished jobs.
         self._stage_pool = ThreadPoolExecutor(threads, thread_name_prefix="ferry-stage")
         self._collect_pool = ThreadPoolExecutor(threads, thread_name_prefix="ferry-collect")
+        # Failed jobs collect apart too: a burst of them never delays the collect of finished jobs.
+        self._fail_pool = ThreadPoolExecutor(threads, thread_name_prefix="ferry-fail")
         self._pending = set()
         self._pending_lock = threading.Lock()
 
@@ -212,6 +225,7 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         super().shutdown()
         self._stage_pool.shutdown(wait=False, cancel_futures=True)
         self._collect_pool.shutdown(wait=False, cancel_futures=True)
+        self._fail_pool.shutdown(wait=False, cancel_futures=True)
 
     # --- settings: the destination's params over the plugin's -------------------------------
 
@@ -365,7 +379,10 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
             return super().finish_job(job_state)
         if collected is None or collected.returncode not in (0, EXIT_JOB_FAILED):
             # Without collect, a missing .ec would read as exit code 0: fail instead.
-            reason = _failure("collect", collected) if collected else "no ferry manifest is known for the job"
+            if collected:
+                reason = _failure("collect", collected)
+            else:
+                reason = getattr(job_state, "ferry_collect_problem", "no ferry manifest is known for the job")
             job_state.fail_message = f"The job's results could not be brought back from S3: {reason}"
             job_state.runner_state = JobState.runner_states.JOB_OUTPUT_NOT_RETURNED_FROM_CLUSTER
             self.mark_as_failed(job_state)
@@ -373,21 +390,45 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         super().finish_job(job_state)
 
     def fail_job(self, job_state, exception=False, message="Job failed", full_status=None):
-        self._submit(self._collect_pool, self._fail_job, job_state, exception, message, full_status)
+        self._submit(self._fail_pool, self._fail_job, job_state, exception, message, full_status)
 
     def _fail_job(self, job_state, exception=False, message="Job failed", full_status=None):
         # Best effort: the job fails anyway, but with the tool's stdout/stderr and .ec when the pod left them.
+        if getattr(job_state, "job_id", None) and not hasattr(job_state, "ferry_never_ran"):
+            self._check_gone_pod(job_state)
         if not getattr(job_state, "ferry_failure", None):
             self._collect(job_state)
         super().fail_job(job_state, exception, message, full_status)
 
+    def _check_gone_pod(self, job_state):
+        """A job failed without Galaxy reading its pod (its Kubernetes Job was deleted outside Galaxy): when
+        no ferry container ran, collect does not wait, and the job's info says why unless Galaxy's does."""
+        if hasattr(job_state, "ferry_collect"):  # collected already (finish_job found nothing to bring back)
+            return
+        job_state.ferry_never_ran = never_ran(self._pod_status(job_state), gone=True)
+        if not getattr(job_state, "fail_message", None):
+            self._note_never_ran(job_state)
+
+    def _handle_unschedulable_job(self, k8s_job, job_state):
+        """Galaxy's ending of a pod unschedulable past k8s_unschedulable_walltime_limit: nothing ran, so
+        collect does not wait for a done.json."""
+        self._remember_manifest_url(job_state, k8s_job.obj)
+        job_state.ferry_never_ran = f"{INIT_NAME} never started: the pod was never scheduled"
+        return super()._handle_unschedulable_job(k8s_job, job_state)
+
     def _handle_job_failure(self, k8s_job, job_state):
         """Galaxy's reading of a failed pod, then ferry's own: when ferry's init container or sidecar
-        failed, its error line becomes the job's message and, as nothing can be collected, its stderr."""
+        failed, its error line becomes the job's message and, as nothing can be collected, its stderr.
+
+        The manifest is read from the Kubernetes Job first: Galaxy queues the Job's deletion here, before
+        the job is finished or failed, and a runner started after a Galaxy restart knows it from nowhere else."""
+        self._remember_manifest_url(job_state, k8s_job.obj)
         mark_failed = super()._handle_job_failure(k8s_job, job_state)
-        failure = self._ferry_container_failure(job_state)
+        status = self._pod_status(job_state)
+        job_state.ferry_never_ran = never_ran(status)
+        failure = ferry_container_failure(status)
         if failure is None:
-            return mark_failed
+            return self._note_never_ran(job_state) or mark_failed
         container, line = failure
         job_state.ferry_failure = failure
         what = "fetch the job's files from S3" if container == INIT_NAME else "send the job's results to S3"
@@ -402,29 +443,27 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
                 f.write(f"{job_state.fail_message}\n")
         return True
 
-    def _ferry_container_failure(self, job_state) -> Optional[tuple[str, str]]:
-        """(container, ferry's error line) of a ferry container that ended with an error, from the pod
-        status Galaxy reads (``terminated.message``: ferry's /dev/termination-log, else its log's end)."""
+    def _note_never_ran(self, job_state) -> bool:
+        """When no ferry container ever ran: that is the job's info (and error file). True if so."""
+        reason = job_state.ferry_never_ran
+        if not reason:
+            return False
+        job_state.fail_message = reason
+        log.error("(%s) %s", job_state.job_wrapper.get_id_tag(), reason)
+        with contextlib.suppress(OSError), open(job_state.error_file, "a") as f:
+            f.write(f"{reason}\n")
+        return True
+
+    def _pod_status(self, job_state) -> Optional[dict]:
+        """The status of the job's pod as Kubernetes reports it; None when there is no pod, POD_UNREADABLE
+        when the API could not be read (then nothing is concluded from it)."""
         try:
             pods = find_pod_object_by_name(self._pykube_api, job_state.job_id, self.runner_params["k8s_namespace"])
             items = pods.response["items"]
         except Exception:
             log.exception("(%s) could not read the job's pod", job_state.job_wrapper.get_id_tag())
-            return None
-        if not items:
-            return None
-        status = items[0].get("status") or {}
-        for c in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
-            name = c.get("name", "")
-            if not (name == INIT_NAME or name.endswith(SIDECAR_SUFFIX)):
-                continue
-            terminated = (c.get("state") or {}).get("terminated") or (c.get("lastState") or {}).get("terminated")
-            if terminated and terminated.get("exitCode"):
-                line = _error_line(terminated.get("message") or "")
-                code = terminated["exitCode"]
-                return (INIT_NAME if name == INIT_NAME else "ferry-sidecar",
-                        line or f"exited {code} ({terminated.get('reason') or 'no message'})")
-        return None
+            return POD_UNREADABLE
+        return (items[0].get("status") or {}) if items else None
 
     def _collect(self, job_state):
         """Runs `ferry collect` once per job state: its CompletedProcess; None when no pod ran for it (or its
@@ -443,11 +482,18 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         url = self._manifest_url(job_state)
         if url is None:
             return None
-        args = ["collect", "--manifest", url, "--wait", str(settings.collect_wait)]
+        # A pod whose ferry-init never ran uploads no done.json: collect writes a non-zero .ec at once.
+        wait = 0 if getattr(job_state, "ferry_never_ran", None) else settings.collect_wait
+        args = ["collect", "--manifest", url, "--wait", str(wait)]
         if settings.link_outputs_under:
             args += ["--link-outputs-under", settings.link_outputs_under]
-        p = self._ferry(args, "collect", settings, check=False)
         id_tag = job_state.job_wrapper.get_id_tag()
+        try:
+            p = self._ferry(args, "collect", settings, check=False)
+        except FerryError as e:
+            log.error("(%s) %s", id_tag, e)
+            job_state.ferry_collect_problem = str(e)
+            return None
         if p.returncode == 0:
             log.info("(%s) ferry collected %s", id_tag, url)
         elif p.returncode == EXIT_JOB_FAILED:
@@ -458,8 +504,8 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         return p
 
     def _manifest_url(self, job_state) -> Optional[str]:
-        """The manifest of the job's pod: remembered at staging, or read back from the Kubernetes Job (after
-        a Galaxy restart). None when no Kubernetes Job was created."""
+        """The manifest of the job's pod: remembered at staging or before Galaxy deleted the Kubernetes Job,
+        else read back from the Kubernetes Job (after a Galaxy restart). None when no Kubernetes Job was created."""
         external_id = getattr(job_state, "job_id", None)
         if not external_id:
             return None
@@ -473,14 +519,22 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
             log.exception("(%s) could not read Kubernetes Job %s", job_state.job_wrapper.get_id_tag(), external_id)
             return None
         for job in items:
-            pod_spec = job["spec"]["template"]["spec"]
-            for container in pod_spec.get("initContainers", []) + pod_spec.get("containers", []):
-                for env in container.get("env") or []:
-                    if env.get("name") == "FERRY_MANIFEST":
-                        job_state.ferry_manifest_url = env["value"]
-                        return env["value"]
-        log.error("(%s) Kubernetes Job %s has no ferry manifest", job_state.job_wrapper.get_id_tag(), external_id)
+            if self._remember_manifest_url(job_state, job):
+                return job_state.ferry_manifest_url
+        why = "has no ferry manifest" if items else "is gone, and with it the job's ferry manifest"
+        log.error("(%s) Kubernetes Job %s %s", job_state.job_wrapper.get_id_tag(), external_id, why)
         return None
+
+    @staticmethod
+    def _remember_manifest_url(job_state, k8s_job: dict) -> bool:
+        """Keeps on the job state the manifest that `ferry inject` put in the Kubernetes Job's pod spec."""
+        if getattr(job_state, "ferry_manifest_url", None):
+            return True
+        url = manifest_url_of(k8s_job)
+        if url is None:
+            return False
+        job_state.ferry_manifest_url = url
+        return True
 
     # --- the pools ------------------------------------------------------------------------------
 
@@ -520,17 +574,94 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
     # --- the ferry binary -----------------------------------------------------------------------
 
     def _ferry(self, args, what, settings: Settings, stdin=None, check=True) -> subprocess.CompletedProcess:
+        """Runs `ferry ARGS`; FerryError when it cannot start, runs past its timeout, or (check) fails."""
         cmd = [settings.binary, *map(str, args)]
         env = {**os.environ, **settings.env, **settings.head_env}
-        try:
-            p = subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=env)
-        except OSError as e:
-            raise FerryError(f"cannot run {cmd[0]}: {e}") from e
+        timeout = settings.transfer_timeout if what in ("stage", "collect") else settings.command_timeout
+        p = _run(cmd, stdin, env, timeout, what)
         for line in p.stderr.splitlines():
             log.debug("ferry %s: %s", what, line)
         if check and p.returncode != 0:
             raise FerryError(_failure(what, p))
         return p
+
+
+def _run(cmd: list[str], stdin: Optional[str], env: dict, timeout: int, what: str) -> subprocess.CompletedProcess:
+    """cmd in a process group of its own, killed whole when it runs past timeout seconds."""
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env, start_new_session=True)
+    except OSError as e:
+        raise FerryError(f"cannot run {cmd[0]}: {e}") from e
+    with proc:
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate()
+            last = _last_line(err)
+            raise FerryError(
+                f"ferry {what} did not finish within {timeout} s and was killed (is the S3 endpoint reachable? "
+                f"ferry_{'transfer' if what in ('stage', 'collect') else 'command'}_timeout)"
+                + (f"; its last line: {last}" if last else "")
+            ) from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def ferry_container_failure(status: Optional[dict]) -> Optional[tuple[str, str]]:
+    """(container, ferry's error line) of a ferry container that ended with an error, from the pod
+    status Galaxy reads (``terminated.message``: ferry's /dev/termination-log, else its log's end)."""
+    for c in _container_statuses(status):
+        name = c.get("name", "")
+        if not (name == INIT_NAME or name.endswith(SIDECAR_SUFFIX)):
+            continue
+        terminated = _terminated(c)
+        if terminated and terminated.get("exitCode"):
+            line = _error_line(terminated.get("message") or "")
+            code = terminated["exitCode"]
+            return (INIT_NAME if name == INIT_NAME else "ferry-sidecar",
+                    line or f"exited {code} ({terminated.get('reason') or 'no message'})")
+    return None
+
+
+def never_ran(status: Optional[dict], gone: bool = False) -> Optional[str]:
+    """Why no ferry container ever ran in the pod (its init container never ended: so no done.json can
+    come), or None when ferry-init ended. ``gone``: the Kubernetes Job was deleted, not failed."""
+    if status is POD_UNREADABLE:
+        return None
+    if status is None:
+        return "the job's pod is gone (its Kubernetes Job was deleted)" if gone else "no pod ran for the job"
+    init = [c for c in status.get("initContainerStatuses") or [] if c.get("name") == INIT_NAME]
+    if init and _terminated(init[0]):
+        return None
+    waiting = ((init[0].get("state") or {}).get("waiting") or {}) if init else {}
+    why = ": ".join(x for x in (waiting.get("reason"), waiting.get("message")) if x)
+    if not why:
+        unscheduled = [c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"
+                       and c.get("status") == "False"]
+        why = (unscheduled[0].get("reason") if unscheduled else None) or f"pod {status.get('phase') or 'Unknown'}"
+    return f"{INIT_NAME} never started: {why}"
+
+
+def _container_statuses(status: Optional[dict]) -> list[dict]:
+    status = status or {}
+    return (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
+
+
+def _terminated(container_status: dict) -> Optional[dict]:
+    return (container_status.get("state") or {}).get("terminated") or (container_status.get("lastState") or {}).get(
+        "terminated")
+
+
+def manifest_url_of(k8s_job: dict) -> Optional[str]:
+    """FERRY_MANIFEST of a Kubernetes Job's ferry containers (set by `ferry inject`), or None."""
+    pod_spec = ((k8s_job.get("spec") or {}).get("template") or {}).get("spec") or {}
+    for container in (pod_spec.get("initContainers") or []) + (pod_spec.get("containers") or []):
+        for env in container.get("env") or []:
+            if env.get("name") == "FERRY_MANIFEST" and env.get("value"):
+                return env["value"]
+    return None
 
 
 def pod_mounts(spec: dict[str, Any]) -> list[str]:
@@ -593,8 +724,9 @@ def job_texts(job_wrapper):
 def reference_files(texts, roots):
     """The files under ``roots`` that ``texts`` name: each named path (file or directory) and the files
     beside it whose name starts with its name and a dot (a bwa index ``hg38.fa`` -> ``hg38.fa.amb``,
-    ``hg38.fa.bwt``...). Nothing else of the directory."""
+    ``hg38.fa.bwt``...). Nothing else of the directory, and nothing a symlink leads out of the roots to."""
     roots = [os.path.normpath(r) for r in roots]
+    real_roots = [os.path.realpath(r) for r in roots]
     found = []
     for text in texts:
         for root in roots:
@@ -606,8 +738,17 @@ def reference_files(texts, roots):
                 named = os.path.normpath(m.group(1) or m.group(2))
                 if not named.startswith(root + "/"):
                     continue  # `..` left the root
-                found.extend(_with_siblings(named))
+                found.extend(p for p in _with_siblings(named) if _inside(p, real_roots))
     return list(dict.fromkeys(found))
+
+
+def _inside(path: str, real_roots: list[str]) -> bool:
+    """Whether path, its symlinks resolved, is in one of the (resolved) roots."""
+    real = os.path.realpath(path)
+    if any(real == r or real.startswith(r.rstrip("/") + "/") for r in real_roots):
+        return True
+    log.warning("not staging %s as reference data: it leads to %s, outside every ferry_reference_roots", path, real)
+    return False
 
 
 def _with_siblings(path):

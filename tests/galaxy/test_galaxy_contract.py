@@ -13,7 +13,9 @@ from galaxy.version import VERSION
 PINNED = {
     "queue_job": ("d43164d2d45bd831", "builds the Job spec (our stage + inject) after writing the job script"),
     "_KubernetesJobRunner__get_k8s_job_spec": ("1825a80074a8b4d9", "overridden: the spec ferry injects into"),
-    "_handle_job_failure": ("179207c7d8e317da", "overridden: ferry's container failure becomes the message"),
+    "_handle_job_failure": ("179207c7d8e317da", "overridden: the manifest is read before it queues the Job's deletion; "
+                           "ferry's container failure becomes the message"),
+    "_handle_unschedulable_job": ("c32679a4b4466c44", "overridden: the manifest is read before the Job is deleted"),
     "check_watched_item": ("1b7a6ab8fa556f55", "calls _handle_job_failure; decides finish or fail"),
     "fail_job": ("0ed7bda353c3418e", "overridden (runs after collect): reads outputs/tool_stdout, tool_stderr"),
     "finish_job": ("d3e8f08f5e001a05", "overridden (runs after collect): metadata, then Galaxy reads outputs"),

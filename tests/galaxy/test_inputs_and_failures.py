@@ -9,7 +9,7 @@ from galaxy.jobs.runners import JobState
 from galaxy.tool_util.output_checker import DETECTED_JOB_STATE
 
 import galaxy_stubs
-from harness import GalaxyJob
+from harness import GalaxyJob, drain
 from helm import HelmGalaxyJob
 
 MIB = 1 << 20
@@ -134,3 +134,93 @@ def test_a_failing_sidecar_reaches_galaxy_as_ferrys_line_in_the_job_info(s3, tmp
     assert str(job.output) in outcome.message and "\n" not in outcome.message, outcome.message
     assert outcome.tool_stderr == f"{outcome.message}\n"
     assert getattr(job.ajs, "ferry_collect", None) is None, "no done.json will come: collect is not waited for"
+
+
+def never_started_pod(job, init_waiting):
+    """The Pod the kubelet reports for a Job whose ferry-init never started (image pull failing)."""
+    created = job.api.created[-1]
+    return {
+        "metadata": {"name": f"{job.ajs.job_id}-pod", "labels": {"job-name": job.ajs.job_id}},
+        "spec": created["spec"]["template"]["spec"],
+        "status": {
+            "phase": "Failed",
+            "initContainerStatuses": [{"name": "ferry-init", "state": {"waiting": init_waiting}}],
+            "containerStatuses": [{"name": "k8s", "state": {"waiting": {"reason": "PodInitializing"}}}],
+        },
+    }
+
+
+def test_a_job_whose_ferry_init_never_started_fails_at_once_without_holding_up_a_finished_job(s3, tmp_path):
+    # One collect thread, and a collect wait longer than drain() allows: a failed job that waited for a
+    # done.json no pod will ever write would fail this test, and so would a finished job queued behind it.
+    runner_params = {"ferry_transfer_threads": 1, "ferry_collect_wait": 600}
+    failed = GalaxyJob(s3, tmp_path / "failed", runner_params=runner_params)
+    ok = GalaxyJob(s3, tmp_path / "ok")
+    ok.runner, ok.api = failed.runner, failed.api  # one handler
+    failed.submit("true")
+    ok.submit("sh {tool_dir}/upper.sh {input} {output}")
+    pod = ok.run_pod()
+    assert pod.exit_codes["k8s"] == 0, pod.logs
+    pull = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "ferry:absent"'}
+    failed.api.job_ended(failed.ajs.job_id, never_started_pod(failed, pull))
+
+    assert failed.runner.check_watched_item(failed.ajs) is None  # Galaxy: failed -> mark_as_failed
+    assert failed.runner.check_watched_item(ok.ajs) is None  # Galaxy: succeeded -> mark_as_finished
+    drain(failed.runner)
+
+    [outcome] = failed.wrapper.outcomes
+    assert outcome.call == "fail", outcome
+    assert outcome.message == 'ferry-init never started: ImagePullBackOff: Back-off pulling image "ferry:absent"'
+    collect = failed.ajs.ferry_collect
+    assert collect.args[-2:] == ["--wait", "0"] and collect.returncode == 9, (collect.args, collect.stderr)
+    [ok_outcome] = ok.wrapper.outcomes
+    assert (ok_outcome.call, ok_outcome.detected_state) == ("finish", DETECTED_JOB_STATE.OK)
+    assert ok.output.read_text() == "ACGT\nTTGA\n"
+
+
+def test_a_job_whose_kubernetes_job_was_deleted_outside_galaxy_fails_without_waiting_and_says_so(s3, tmp_path):
+    job = GalaxyJob(s3, tmp_path, runner_params={"ferry_collect_wait": 600})
+    job.submit("true")
+    del job.api.jobs[job.ajs.job_id]  # kubectl delete job, before any pod ran
+
+    outcome = job.complete()
+
+    assert outcome.call == "fail" and outcome.message == "the job's pod is gone (its Kubernetes Job was deleted)"
+    assert job.ajs.ferry_collect.args[-2:] == ["--wait", "0"] and job.ajs.ferry_collect.returncode == 9
+
+
+def test_a_job_unschedulable_past_galaxys_limit_fails_without_waiting_for_its_results(s3, tmp_path):
+    job = GalaxyJob(s3, tmp_path, runner_params={"ferry_collect_wait": 600, "k8s_unschedulable_walltime_limit": 1})
+    job.submit("true")
+    name = job.ajs.job_id
+    job.api.jobs[name]["metadata"]["creationTimestamp"] = "2020-01-01T00:00:00Z"
+    job.api.jobs[name]["status"] = {"active": 1}
+    pod = never_started_pod(job, {})
+    pod["status"] = {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes are available"}]}
+    job.api.pods[name] = pod
+
+    outcome = job.complete()
+
+    assert outcome.call == "fail" and outcome.message == "Job was unschedulable longer than specified deadline"
+    assert job.ajs.ferry_never_ran == "ferry-init never started: the pod was never scheduled"
+    assert job.ajs.ferry_collect.args[-2:] == ["--wait", "0"] and job.ajs.ferry_collect.returncode == 9
+
+
+def test_never_ran_reads_the_pod_status_and_concludes_nothing_from_an_unreadable_one():
+    from ferry_galaxy.runner import POD_UNREADABLE, never_ran
+
+    init = {"name": "ferry-init", "state": {"waiting": {"reason": "CreateContainerConfigError",
+                                                        "message": 'secret "s3" not found'}}}
+    unscheduled = {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}
+    ended = {"initContainerStatuses": [{"name": "ferry-init", "state": {"running": {}},
+                                        "lastState": {"terminated": {"exitCode": 0}}}]}
+
+    assert never_ran({"initContainerStatuses": [init]}) == \
+        'ferry-init never started: CreateContainerConfigError: secret "s3" not found'
+    assert never_ran(unscheduled) == "ferry-init never started: Unschedulable"
+    assert never_ran(None) == "no pod ran for the job"
+    assert never_ran(None, gone=True) == "the job's pod is gone (its Kubernetes Job was deleted)"
+    assert never_ran(ended) is None, "ferry-init ended once: its done.json may come"
+    assert never_ran(POD_UNREADABLE) is None, "an API error is no evidence that nothing ran"

@@ -96,3 +96,59 @@ def test_a_job_deleted_while_it_is_staged_gets_no_kubernetes_job(s3, tmp_path):
 
     assert job.api.created == [], "no pod for a deleted job"
     assert job.wrapper.outcomes == [], "not failed either: it is deleted"
+
+
+def hanging_ferry(directory, command):
+    """A ferry binary whose COMMAND hangs (a child process that never answers, like a stalled S3
+    connection) and records its child's pid; every other command is ferry's. Not in the current directory:
+    podman kube play would take a directory named ferry there for the image's build context."""
+    directory.mkdir()
+    script = directory / "ferry"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = {command} ]; then\n'
+        "  echo 'retrying: connection to the S3 endpoint timed out' >&2\n"
+        "  sleep 600 &\n"
+        f'  echo $! > "{directory}/child.pid"\n'
+        "  wait\n"
+        "fi\n"
+        f'exec "{podlib.FERRY}" "$@"\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+def assert_killed(directory):
+    pid = int((directory / "child.pid").read_text())
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or " Z " in open(f"/proc/{pid}/stat").read(),
+               "the hung command's child process was killed", timeout=10)
+
+
+def test_a_ferry_command_that_hangs_is_killed_after_its_timeout_and_fails_the_job_naming_it(s3, tmp_path):
+    ferry = hanging_ferry(tmp_path / "bin", "status")
+    job = GalaxyJob(s3, tmp_path / "job", runner_params={"ferry_binary": str(ferry), "ferry_command_timeout": 2})
+
+    job.queue("true")
+
+    [outcome] = job.wrapper.outcomes
+    assert outcome.call == "fail" and outcome.message.startswith("Could not stage the job's files to S3:")
+    assert "ferry status did not finish within 2 s and was killed" in outcome.message, outcome.message
+    assert "ferry_command_timeout" in outcome.message and "connection to the S3 endpoint timed out" in outcome.message
+    assert job.api.created == [], "no Kubernetes Job for a job that was never staged"
+    assert_killed(tmp_path / "bin")
+
+
+def test_a_collect_that_hangs_is_killed_after_its_timeout_and_the_job_fails_as_not_returned(s3, tmp_path):
+    from galaxy.jobs.runners import JobState
+
+    ferry = hanging_ferry(tmp_path / "bin", "collect")
+    job = GalaxyJob(s3, tmp_path / "job", runner_params={"ferry_binary": str(ferry), "ferry_transfer_timeout": 2})
+    job.submit("sh {tool_dir}/upper.sh {input} {output}")
+    pod = job.run_pod()
+    assert pod.exit_codes["k8s"] == 0, pod.logs
+
+    outcome = job.complete()
+
+    assert outcome.call == "fail" and "could not be brought back from S3" in outcome.message, outcome
+    assert "ferry collect did not finish within 2 s and was killed" in outcome.message, outcome.message
+    assert job.ajs.runner_state == JobState.runner_states.JOB_OUTPUT_NOT_RETURNED_FROM_CLUSTER
+    assert_killed(tmp_path / "bin")

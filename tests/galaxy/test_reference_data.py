@@ -93,3 +93,35 @@ def test_reference_paths_with_spaces_quotes_or_dot_dots_stage_what_they_name_and
     found = reference_files(texts, [str(refs)])
 
     assert found == [f"{spaced}/g 1.fa", f"{spaced}/g 1.fa.bwt", f"{spaced}/g 1.fa.sa", f"{refs}/plain.fa"]
+
+
+def test_a_symlink_inside_a_reference_root_never_takes_staging_outside_it(tmp_path):
+    from ferry_galaxy.runner import reference_files
+
+    refs = tmp_path / "refs"
+    (refs / "hg38").mkdir(parents=True)
+    (refs / "hg38/hg38.fa").write_text(">a\n")
+    config = tmp_path / "galaxy/server/config"
+    config.mkdir(parents=True)
+    (config / "galaxy.yml").write_text("id_secret: s3cr3t\n")
+    (tmp_path / "shadow").write_text("outside\n")
+    os.symlink(tmp_path / "galaxy/server", refs / "shared")  # a directory link out of the root
+    os.symlink(tmp_path / "shadow", refs / "hg38/hg38.fa.amb")  # a sibling that links out of it
+    os.symlink(refs / "hg38", refs / "current")  # a link that stays inside: fine
+    texts = [f"grep x {refs}/shared/config/galaxy.yml", f"bwa mem {refs}/current/hg38.fa reads.fq"]
+
+    found = reference_files(texts, [str(refs)])
+
+    assert found == [f"{refs}/current/hg38.fa"], found
+
+
+def test_a_reference_root_that_is_itself_a_symlink_still_serves_its_files(tmp_path):
+    from ferry_galaxy.runner import reference_files
+
+    (tmp_path / "real/bwa").mkdir(parents=True)
+    (tmp_path / "real/bwa/g.fa").write_text(">a\n")
+    os.symlink(tmp_path / "real", tmp_path / "refs")  # e.g. /cvmfs/data.galaxyproject.org
+
+    found = reference_files([f"bwa mem {tmp_path}/refs/bwa/g.fa r.fq"], [f"{tmp_path}/refs"])
+
+    assert found == [f"{tmp_path}/refs/bwa/g.fa"], found

@@ -267,3 +267,22 @@ def test_the_runner_keeps_from_inject_env_exactly_the_names_inject_refuses():
     refused = set(re.findall(r'"([A-Z_]+)"', block[: block.index("];")]))
     assert "AWS_SECRET_ACCESS_KEY" in refused
     assert runner.CREDENTIAL_NAMES == refused
+
+
+def test_a_tool_error_after_a_galaxy_restart_is_collected_though_galaxy_deletes_its_job_first(s3, tmp_path):
+    # Galaxy's _handle_job_failure queues the Kubernetes Job's deletion before finish_job: the restarted
+    # runner must have read the manifest from the Job by then.
+    job = GalaxyJob(s3, tmp_path)
+    job.submit("sh {tool_dir}/upper.sh {input} {output}; echo tool-said-this >&2; exit 1")
+    pod = job.run_pod()
+    assert pod.exit_codes["k8s"] == 1, pod.logs
+
+    job.restart_galaxy()
+    assert not hasattr(job.ajs, "ferry_manifest_url"), "the new runner has only what Galaxy's database keeps"
+    outcome = job.complete()
+
+    assert job.api.deleted == [job.ajs.job_id] and not job.api.jobs, "Galaxy deleted the Kubernetes Job"
+    assert (outcome.call, outcome.exit_code) == ("finish", 1), outcome
+    assert outcome.detected_state == DETECTED_JOB_STATE.GENERIC_ERROR
+    assert outcome.tool_stderr == "tool-said-this\n"
+    assert job.output.read_text() == "ACGT\nTTGA\n"
