@@ -21,6 +21,10 @@ pub const MEMBER_MAX: u64 = 1 << 20;
 /// Packs in flight at most (each is held in memory while it moves), and at most `--concurrency`.
 const IN_FLIGHT: usize = 8;
 
+/// The largest pack, whatever `--part-size` says: a pack is read whole into memory on both
+/// sides, and readers refuse small objects over `store::MAX_SMALL_OBJECT` (256 MiB).
+pub const MAX_PACK: u64 = 64 << 20;
+
 /// One local file to pack.
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -202,7 +206,7 @@ pub async fn upload_small(
     let sent = upload(
         store,
         |n| format!("{prefix}/{n:05}"),
-        plan(sources, part_size),
+        plan(sources, part_size.min(MAX_PACK)),
         concurrency,
     )
     .await?;
@@ -236,14 +240,13 @@ pub async fn place(
         while set.len() >= in_flight {
             add(&mut stats, join(&mut set).await?);
         }
-        let members: Vec<(PathBuf, Entry, u64)> = p
-            .members
-            .iter()
-            .filter_map(|m| {
-                let e = by_path.get(m.path.as_str())?;
-                Some((base.join(&m.path), (*e).clone(), m.offset))
-            })
-            .collect();
+        let mut members: Vec<(PathBuf, Entry, u64)> = Vec::new();
+        for m in &p.members {
+            if let Some(e) = by_path.get(m.path.as_str()) {
+                transfer::check_beneath(base, &m.path)?;
+                members.push((base.join(&m.path), (*e).clone(), m.offset));
+            }
+        }
         let (store, pack) = (store.clone(), p.clone());
         set.spawn(async move { place_pack(&store, &pack, members).await });
     }

@@ -150,7 +150,7 @@ pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<Str
         })
         .collect();
     let (job, pfx) = (m.job_id.clone(), m.prefix.clone());
-    let groups = pack::plan(sources, cfg.part_size.bytes());
+    let groups = pack::plan(sources, cfg.part_size.bytes().min(pack::MAX_PACK));
     let sent = pack::upload(
         store,
         |n| manifest::pack_key(&pfx, &job, n),

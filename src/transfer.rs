@@ -115,6 +115,28 @@ pub(crate) fn already_in_place(dest: &Path, size: u64, crc: &str) -> bool {
     }
 }
 
+/// Refuses `base/rel` when a directory on the way below `base` exists as a symlink: a link
+/// the job (or a crafted record) left in a tree must never lead a write outside it. Components
+/// that do not exist yet are fine (they are created as directories).
+pub fn check_beneath(base: &Path, rel: &str) -> Result<()> {
+    let mut path = base.to_path_buf();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        path.push(part);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Error::unsafe_path(
+                    path.display().to_string(),
+                    "is a symlink where a directory is expected; ferry never writes through symlinks",
+                ));
+            }
+            Ok(_) => {}
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
 /// Creates `dir` and its parents (mode 0755 before umask); refuses to go through a symlink.
 pub fn create_dirs(dir: &Path) -> Result<()> {
     match std::fs::symlink_metadata(dir) {
@@ -191,6 +213,7 @@ pub fn plan_tree(
     dirs: &mut Vec<(PathBuf, u32)>,
 ) -> Result<()> {
     for e in entries {
+        check_beneath(base, &e.path)?;
         let path = base.join(&e.path);
         match e.kind {
             Kind::Dir => {
@@ -805,6 +828,21 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("x.ec")]);
+    }
+
+    #[test]
+    fn a_path_through_a_symlinked_directory_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("outside/sub")).unwrap();
+        std::fs::create_dir_all(d.path().join("wd")).unwrap();
+        std::os::unix::fs::symlink("../outside", d.path().join("wd/link")).unwrap();
+        let e = check_beneath(&d.path().join("wd"), "link/sub/pwn").unwrap_err();
+        assert!(
+            e.to_string().contains("never writes through symlinks"),
+            "{e}"
+        );
+        check_beneath(&d.path().join("wd"), "new/dir/file").unwrap();
+        check_beneath(&d.path().join("wd"), "link").unwrap();
     }
 
     #[test]
