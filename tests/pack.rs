@@ -274,24 +274,30 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_3000_file_workdir_change_comes_back_in_at_most_20_requests_each_way() {
-    let bucket = bucket("pack-back").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let (url, root, wd) = job_writes_files(&bucket, tmp.path(), 3000).await;
+/// Where the sidecar of job 7's first attempt writes its record.
+const DONE_KEY: &str = "p/jobs/7/attempts/1/done.json";
+
+/// Runs the sidecar of job 7 (the tool has ended) and returns its done.json.
+async fn sidecar_done(bucket: &str, url: &str, root: &Path) -> serde_json::Value {
     let r = root.to_str().unwrap();
     ok(ferry(&[
         "sidecar",
         "--manifest",
-        &url,
+        url,
         "--root",
         r,
         "--quiet-ms",
         "0",
     ]));
-    let done: serde_json::Value =
-        serde_json::from_slice(&get(&bucket, "p/jobs/7/attempts/1/done.json").await.unwrap())
-            .unwrap();
+    serde_json::from_slice(&get(bucket, DONE_KEY).await.unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_3000_file_workdir_change_comes_back_in_at_most_20_requests_each_way() {
+    let bucket = bucket("pack-back").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, root, wd) = job_writes_files(&bucket, tmp.path(), 3000).await;
+    let done = sidecar_done(&bucket, &url, &root).await;
     let up: u64 = ["get", "put", "head", "multipart"]
         .iter()
         .map(|k| done["requests"][k].as_u64().unwrap())
@@ -310,19 +316,8 @@ async fn a_done_json_whose_pack_member_lies_outside_its_pack_is_refused() {
     let bucket = bucket("pack-bad-done").await;
     let tmp = tempfile::tempdir().unwrap();
     let (url, root, wd) = job_writes_files(&bucket, tmp.path(), 10).await;
-    let r = root.to_str().unwrap();
-    ok(ferry(&[
-        "sidecar",
-        "--manifest",
-        &url,
-        "--root",
-        r,
-        "--quiet-ms",
-        "0",
-    ]));
-    let key = "p/jobs/7/attempts/1/done.json";
-    let mut done: serde_json::Value =
-        serde_json::from_slice(&get(&bucket, key).await.unwrap()).unwrap();
+    let key = DONE_KEY;
+    let mut done = sidecar_done(&bucket, &url, &root).await;
     done["packs"][0]["members"][0]["offset"] = (1u64 << 40).into();
     put(&bucket, key, &serde_json::to_vec(&done).unwrap()).await;
     let o = ferry(&["collect", "--manifest", &url]);
