@@ -41,6 +41,8 @@ pub const INIT_NAME: &str = "ferry-init";
 pub const SIDECAR_NAME: &str = "ferry-sidecar";
 /// The ferry image's own user (`USER 65532:65532`), used unless the tool names its user.
 const DEFAULT_ID: i64 = 65532;
+/// The shared-pid sidecar's group, or the next lower one no container of the pod runs as.
+const SIDECAR_GID: i64 = 65533;
 /// Seconds the sidecar gets to upload after SIGTERM (native mode, eviction, deletion).
 const GRACE_SECONDS: i64 = 300;
 const MIB: u64 = 1 << 20;
@@ -478,7 +480,16 @@ fn add_ferry_containers(
         SidecarKind::SharedPid => {
             inits.insert(0, init);
             let name = sidecar_name(tool_names)?;
-            let sidecar = ferry(&name, &["sidecar", "--mode", mode], sidecar_env);
+            let own_group = (user.0, sidecar_gid(spec));
+            let sidecar = ferry_container(
+                &name,
+                &["sidecar", "--mode", mode],
+                sidecar_env,
+                &ferry_mounts,
+                own_group,
+                memory,
+                opts,
+            );
             seq_mut(spec, "containers", None)?.push(sidecar);
             spec.insert("shareProcessNamespace".into(), true.into());
         }
@@ -707,6 +718,32 @@ fn run_as(spec: &Mapping, tool: &Value) -> (i64, i64) {
     };
     let uid = pick("runAsUser").filter(|&u| u != 0).unwrap_or(DEFAULT_ID);
     (uid, pick("runAsGroup").unwrap_or(DEFAULT_ID))
+}
+
+/// The shared-pid sidecar's group: [`SIDECAR_GID`], or the next lower one that neither the pod nor
+/// any of its containers runs as. The tool shares the sidecar's PID namespace and (to read and write the
+/// same files) its uid; the kernel opens another process's `/proc/<pid>/{environ,mem,root,fd}`
+/// only when uid *and* gid match, else it needs CAP_SYS_PTRACE. A tool of another gid therefore
+/// cannot read the sidecar's credentials, not even in the instant between `execve` and ferry
+/// marking itself non-dumpable. The sidecar still reads every file the tool writes: it is their
+/// owner.
+fn sidecar_gid(spec: &Mapping) -> i64 {
+    let group = |security: Option<&Value>| {
+        security
+            .and_then(|s| s.get("runAsGroup"))
+            .and_then(Value::as_i64)
+    };
+    let mut taken: Vec<i64> = group(spec.get("securityContext")).into_iter().collect();
+    for list in ["initContainers", "containers"] {
+        let containers = spec.get(list).and_then(Value::as_sequence);
+        let groups = containers.into_iter().flatten();
+        taken.extend(groups.filter_map(|c| group(c.get("securityContext"))));
+    }
+    (0..SIDECAR_GID)
+        .rev()
+        .map(|below| below + 1)
+        .find(|g| !taken.contains(g))
+        .unwrap_or(SIDECAR_GID)
 }
 
 /// `FERRY_MANIFEST`, `FERRY_SIDECAR_MODE` (sidecar only), then `extra` (a same name replaces).
@@ -1313,6 +1350,45 @@ spec:
             "    image: t\n    securityContext:\n      runAsUser: 0\n",
         );
         assert_eq!(user(&root), (65532, 65532));
+    }
+
+    #[test]
+    fn the_shared_pid_sidecar_runs_as_the_tools_user_in_a_group_no_container_uses() {
+        let sidecar_ids = |input: &str| {
+            let out = run(input, SidecarKind::SharedPid);
+            let s = spec(&out);
+            let sc = &s["containers"].as_sequence().unwrap().last().unwrap()["securityContext"];
+            let init = &s["initContainers"][0]["securityContext"];
+            (
+                (
+                    sc["runAsUser"].as_i64().unwrap(),
+                    sc["runAsGroup"].as_i64().unwrap(),
+                ),
+                (
+                    init["runAsUser"].as_i64().unwrap(),
+                    init["runAsGroup"].as_i64().unwrap(),
+                ),
+            )
+        };
+        let tool = JOB.replace(
+            "        workingDir:",
+            "        securityContext: {runAsUser: 2000, runAsGroup: 3000}\n        workingDir:",
+        );
+        // init creates the tool's files as its user and group; the sidecar reads them as their
+        // owner, from a group of its own.
+        assert_eq!(sidecar_ids(&tool), ((2000, 65533), (2000, 3000)));
+        let taken = JOB.replace(
+            "        workingDir:",
+            "        securityContext: {runAsUser: 2000, runAsGroup: 65533}\n        workingDir:",
+        );
+        assert_eq!(sidecar_ids(&taken), ((2000, 65532), (2000, 65533)));
+        let pod_too = taken.replace("runAsGroup: 10001", "runAsGroup: 65532");
+        assert!(pod_too.contains("runAsGroup: 65532"), "{pod_too}");
+        assert_eq!(sidecar_ids(&pod_too), ((2000, 65531), (2000, 65533)));
+        // The native sidecar shares no PID namespace with the tool: the tool's group.
+        let native = run(&tool, SidecarKind::Native);
+        let sc = &spec(&native)["initContainers"][0]["securityContext"];
+        assert_eq!(sc["runAsGroup"].as_i64(), Some(3000));
     }
 
     #[test]

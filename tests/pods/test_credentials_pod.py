@@ -139,3 +139,71 @@ def test_ferry_marks_itself_non_dumpable_whatever_the_container_runtime(tmp_path
         for p in (ferry, control):
             p.kill()
             p.wait()
+
+
+# Run by Debian's python3 (readable by any user). Starts argv[1] stopped at its first instruction (PTRACE_TRACEME: the kernel stops it right after
+# execve), prints its pid, and kills it when stdin closes.
+LAUNCH_STOPPED = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+pid = os.fork()
+if pid == 0:
+    if libc.ptrace(0, 0, None, None) != 0:
+        os._exit(99)
+    os.execve(sys.argv[1], [sys.argv[1], "status", "--manifest", "s3://b/p/jobs/1/manifest.json"], dict(os.environ))
+_, status = os.waitpid(pid, 0)
+assert os.WIFSTOPPED(status) and os.WSTOPSIG(status) == 5, status
+print(pid, flush=True)
+sys.stdin.read()
+os.kill(pid, 9)
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_same_uid_tool_cannot_read_the_shared_pid_sidecar_even_before_it_marks_itself_non_dumpable(tmp_path):
+    """Between `execve` and ferry's `PR_SET_DUMPABLE 0` (1-6 ms) any process of the same uid and
+    gid may open /proc/<pid>/environ and keep reading it. inject gives the shared-pid sidecar the
+    tool's uid but a group of its own, and the kernel then refuses the tool even in that window.
+    Here ferry is held at its first instruction, with the ids inject gave the sidecar: a reader
+    with the sidecar's ids gets the keys (the window is real), a reader with the tool's does not."""
+    import os
+    import subprocess
+
+    import pytest
+    import yaml
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run processes as other users")
+    pod = tmp_path / "pod.yaml"
+    pod.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  restartPolicy: Never\n"
+                   "  containers:\n  - name: tool\n    image: t\n    command: [sh, -c, 'true']\n"
+                   "    workingDir: /data/jobs/1\n"
+                   "    securityContext: {runAsUser: 10043, runAsGroup: 10043}\n")
+    manifest = podlib.REPO / "manifests/manifest-example.json"
+    out = subprocess.run([str(podlib.FERRY), "inject", "--manifest", str(manifest), "--image", "f",
+                          "--sidecar", "shared-pid", "-f", str(pod)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    containers = yaml.safe_load(out.stdout)["spec"]["containers"]
+    tool, sidecar = containers[0]["securityContext"], containers[-1]["securityContext"]
+    assert containers[-1]["args"][0] == "sidecar"
+    uid, tool_gid, sidecar_gid = tool["runAsUser"], tool["runAsGroup"], sidecar["runAsGroup"]
+    assert sidecar["runAsUser"] == uid and sidecar_gid != tool_gid
+
+    env = {"PATH": "/usr/bin:/bin", "AWS_ACCESS_KEY_ID": podlib.KEY, "AWS_SECRET_ACCESS_KEY": podlib.SECRET}
+    launcher = subprocess.Popen(["/usr/bin/python3", "-c", LAUNCH_STOPPED, str(podlib.FERRY)], user=uid,
+                                group=sidecar_gid, extra_groups=[], env=env, cwd="/", stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(launcher.stdout.readline())
+        assert open(f"/proc/{pid}/comm").read().strip() == "ferry"
+
+        def keys_readable(gid):
+            p = subprocess.run(["cat", f"/proc/{pid}/environ"], user=uid, group=gid, extra_groups=[],
+                               capture_output=True)
+            return p.returncode == 0 and podlib.SECRET.encode() in p.stdout
+
+        assert keys_readable(sidecar_gid), "at its first instruction ferry should still be dumpable"
+        assert not keys_readable(tool_gid)
+    finally:
+        launcher.stdin.close()
+        launcher.wait(timeout=10)
