@@ -17,4 +17,9 @@ pub const TIMEOUT: &str = "FERRY_TIMEOUT";
 pub const START_GRACE: &str = "FERRY_START_GRACE";
 /// A PEM file of CA certificates trusted besides the system roots (the AWS convention).
 pub const AWS_CA_BUNDLE: &str = "AWS_CA_BUNDLE";
+/// Read only to name where credentials come from in an error line (the SDK reads them itself).
+pub const AWS_WEB_IDENTITY_TOKEN_FILE: &str = "AWS_WEB_IDENTITY_TOKEN_FILE";
+pub const AWS_ENDPOINT_URL_STS: &str = "AWS_ENDPOINT_URL_STS";
+pub const AWS_ENDPOINT_URL: &str = "AWS_ENDPOINT_URL";
+pub const AWS_CONTAINER_CREDENTIALS_FULL_URI: &str = "AWS_CONTAINER_CREDENTIALS_FULL_URI";
 pub const CHECKSUM_CACHE: &str = "FERRY_CHECKSUM_CACHE";

@@ -65,14 +65,16 @@ impl ExitCode {
             }
             ExitCode::S3 => "S3 request failed after retries (throttling, 5xx, network)",
             ExitCode::Missing => "an object named by the manifest is missing from S3",
-            ExitCode::Credentials => "S3 refused the credentials or permission",
+            ExitCode::Credentials => {
+                "S3 refused the credentials or permission, or no credentials could be had (STS)"
+            }
             ExitCode::Io => "local file error (permission, disk full, not a directory)",
             ExitCode::Checksum => "size or checksum mismatch",
             ExitCode::JobFailed => "the job ended without an exit code (crash, OOM, eviction)",
             ExitCode::Timeout => "a wait ran out (--timeout / --wait)",
             ExitCode::Yaml => "Kubernetes YAML unusable by inject",
             ExitCode::Tls => {
-                "TLS handshake with the S3 endpoint failed: certificate not trusted (private CA: set AWS_CA_BUNDLE), or not HTTPS"
+                "TLS handshake with the S3 (or STS) endpoint failed: certificate not trusted (private CA: set AWS_CA_BUNDLE), or not HTTPS"
             }
             ExitCode::Interrupted => "interrupted by SIGINT/SIGTERM; re-run to finish",
         }
@@ -149,7 +151,7 @@ pub enum Error {
     #[error("yaml: {0}")]
     Yaml(String),
 
-    #[error("s3 endpoint {endpoint}: {reason} (not retried)")]
+    #[error("{endpoint}: {reason} (not retried)")]
     Tls { endpoint: String, reason: String },
 
     #[error(

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 
 mod tls;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use serde::{Deserialize, Serialize};
@@ -83,6 +83,8 @@ pub struct Store {
     client: Client,
     /// The endpoint, as error lines name it.
     endpoint: String,
+    /// Where credentials come from, as error lines name it.
+    credentials_source: String,
     pub bucket: String,
     counters: Counters,
     /// Multipart uploads in flight (key → upload id), aborted if the process is interrupted.
@@ -100,6 +102,49 @@ struct OpenUpload {
 
 fn bool_env(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "yes"))
+}
+
+/// Whether an error's chain holds a failed credentials lookup (STS, Pod Identity, no provider
+/// found), not S3's answer to a request.
+fn credentials_lookup_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    use aws_credential_types::provider::error::CredentialsError;
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<CredentialsError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Why a credentials lookup failed, in words: the service's code and message where STS (or
+/// another endpoint) answered (`AccessDenied: role not found: ferry`), else the error chain.
+fn lookup_failure(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(meta) = err.downcast_ref::<aws_smithy_types::error::ErrorMetadata>() {
+            let code = meta.code().unwrap_or("error");
+            return format!("{code}: {}", meta.message().unwrap_or("no message"));
+        }
+        cur = err.source();
+    }
+    in_words(e)
+}
+
+/// An error and its sources as words, joined by `: ` (a message its predecessor already holds
+/// is left out): no Debug output in an error line.
+fn in_words(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if !parts.last().is_some_and(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
 }
 
 impl Store {
@@ -130,12 +175,11 @@ impl Store {
             .region(region)
             .retry_config(retry)
             .timeout_config(timeouts);
-        // STS (IRSA) and S3 alike trust AWS_CA_BUNDLE's CAs.
-        if let Some(client) = tls::http_client()? {
-            loader = loader.http_client(client);
-        }
+        // STS (IRSA) and S3 alike trust AWS_CA_BUNDLE's CAs and never retry a failed handshake.
+        loader = loader.http_client(tls::http_client()?);
         let sdk = loader.load().await;
         let endpoint = tls::endpoint_name(&sdk, bucket);
+        let credentials_source = tls::credentials_source(&sdk);
         // The standard retry's shared token bucket allows ~50 retries per process: at 16
         // transfers at once a 3-second outage used it up. Each request keeps its own attempt
         // budget (FERRY_S3_MAX_ATTEMPTS) and backoff instead.
@@ -146,7 +190,6 @@ impl Store {
         let conf = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(bool_env(env::S3_FORCE_PATH_STYLE))
             .retry_partition(partition)
-            .retry_classifier(tls::FailedHandshake)
             // No aws-chunked streamed checksum trailer (Garage, older Ceph RGW and MinIO refuse
             // it): ferry sends the checksums it computes itself as plain headers.
             .request_checksum_calculation(
@@ -156,6 +199,7 @@ impl Store {
         Ok(Store {
             client: Client::from_conf(conf),
             endpoint,
+            credentials_source,
             bucket: bucket.to_string(),
             counters: Counters::default(),
             open_uploads: Mutex::new(HashMap::new()),
@@ -182,10 +226,24 @@ impl Store {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
+        let lookup_failed = credentials_lookup_failed(&e);
         if let Some(reason) = tls::handshake_error(&e) {
-            return Error::Tls {
-                endpoint: self.endpoint.clone(),
-                reason,
+            let endpoint = match lookup_failed {
+                true => self.credentials_source.clone(),
+                false => format!("s3 endpoint {}", self.endpoint),
+            };
+            return Error::Tls { endpoint, reason };
+        }
+        if lookup_failed {
+            return Error::Credentials {
+                op,
+                bucket: self.bucket.clone(),
+                key: key.to_string(),
+                message: format!(
+                    "no credentials from {}: {}",
+                    self.credentials_source,
+                    lookup_failure(&e)
+                ),
             };
         }
         let status = e.raw_response().map(|r| r.status().as_u16());
@@ -196,7 +254,7 @@ impl Store {
             (Some(c), Some(st)) => {
                 format!("{c}: {} (HTTP {st})", e.message().unwrap_or("no message"))
             }
-            _ => DisplayErrorContext(&e).to_string(),
+            _ => format!("{} (endpoint {})", in_words(&e), self.endpoint),
         };
         let (bucket, key) = (self.bucket.clone(), key.to_string());
         if status == Some(404) || matches!(code.as_str(), "NoSuchKey" | "NotFound" | "NoSuchBucket")
@@ -289,7 +347,7 @@ impl Store {
                         op: "get",
                         bucket: self.bucket.clone(),
                         key: key.to_string(),
-                        message: format!("body broke: {}", DisplayErrorContext(&e)),
+                        message: format!("body broke: {}", in_words(&e)),
                     });
                 }
             }
@@ -591,11 +649,7 @@ impl Store {
             .send()
             .await;
         if let Err(e) = r {
-            tracing::warn!(
-                key,
-                "could not abort multipart upload: {}",
-                DisplayErrorContext(&e)
-            );
+            tracing::warn!(key, "could not abort multipart upload: {}", in_words(&e));
         }
         self.open_uploads.lock().expect("lock").remove(key);
         self.forget_upload(key).await;

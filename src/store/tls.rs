@@ -1,21 +1,41 @@
-//! TLS for the S3 client: the CAs it trusts (`AWS_CA_BUNDLE` on top of the system roots) and
-//! telling a failed TLS handshake (an untrusted certificate, an endpoint that does not speak TLS:
-//! fatal at once) from a network error (retried).
+//! TLS for every client ferry's SDK makes (S3, and STS for web identity credentials): the CAs
+//! they trust (`AWS_CA_BUNDLE` on top of the system roots) and telling a failed TLS handshake
+//! (an untrusted certificate, an endpoint that does not speak TLS: fatal at once) from a network
+//! error (retried).
 
 use crate::env;
 use crate::error::{Error, Result};
 use aws_sdk_s3::config::SharedHttpClient;
-use aws_sdk_s3::config::interceptors::InterceptorContext;
-use aws_sdk_s3::config::retry::{ClassifyRetry, RetryAction};
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
-use aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriority;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::result::ConnectorError;
+use aws_smithy_runtime_api::client::runtime_components::{
+    RuntimeComponents, RuntimeComponentsBuilder,
+};
+use aws_smithy_types::config_bag::ConfigBag;
 
 /// The SDK's own HTTPS client (rustls) trusting the system roots plus the certificates of
-/// `AWS_CA_BUNDLE`; `None` (the SDK's default client) without it. The system roots are
-/// `/etc/ssl/certs/ca-certificates.crt` and friends, or `SSL_CERT_FILE` / `SSL_CERT_DIR`
+/// `AWS_CA_BUNDLE`, whose failed handshakes are final (see [`FinalHandshake`]). The system roots
+/// are `/etc/ssl/certs/ca-certificates.crt` and friends, or `SSL_CERT_FILE` / `SSL_CERT_DIR`
 /// instead when set (rustls-native-certs reads them).
-pub fn http_client() -> Result<Option<SharedHttpClient>> {
+pub fn http_client() -> Result<SharedHttpClient> {
     check_ssl_cert_file()?;
+    let builder = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc));
+    let client = match ca_bundle()? {
+        Some(context) => builder.tls_context(context).build_https(),
+        None => builder.build_https(),
+    };
+    Ok(SharedHttpClient::new(FinalHandshake(client)))
+}
+
+/// A TLS context trusting `AWS_CA_BUNDLE`'s certificates besides the system roots, if it is set.
+fn ca_bundle() -> Result<Option<TlsContext>> {
     let path = match std::env::var(env::AWS_CA_BUNDLE) {
         Ok(p) if !p.is_empty() => p,
         _ => return Ok(None),
@@ -29,12 +49,7 @@ pub fn http_client() -> Result<Option<SharedHttpClient>> {
         .with_trust_store(trust)
         .build()
         .map_err(|e| bad(e.to_string()))?;
-    Ok(Some(
-        aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
-            .tls_context(context)
-            .build_https(),
-    ))
+    Ok(Some(context))
 }
 
 /// `SSL_CERT_FILE` replaces the system roots: a typo in it would make every endpoint, AWS's
@@ -82,6 +97,23 @@ pub fn endpoint_name(sdk: &aws_config::SdkConfig, bucket: &str) -> String {
     }
 }
 
+/// How error lines name where credentials come from: the STS endpoint of web identity (IRSA),
+/// the Pod Identity / container credentials endpoint, else the SDK's provider chain.
+pub fn credentials_source(sdk: &aws_config::SdkConfig) -> String {
+    let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+    if var(env::AWS_WEB_IDENTITY_TOKEN_FILE).is_some() {
+        let region = sdk.region().map(|r| r.as_ref()).unwrap_or("us-east-1");
+        let sts = var(env::AWS_ENDPOINT_URL_STS)
+            .or_else(|| var(env::AWS_ENDPOINT_URL))
+            .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+        return format!("STS endpoint {sts} (web identity credentials, AWS_ROLE_ARN)");
+    }
+    match var(env::AWS_CONTAINER_CREDENTIALS_FULL_URI) {
+        Some(uri) => format!("credentials endpoint {uri} (Pod Identity)"),
+        None => "the AWS credentials chain".into(),
+    }
+}
+
 /// What went wrong in the TLS handshake, found somewhere in an error's chain, as the rest of an
 /// error line: an untrusted certificate (`UnknownIssuer`, `NotValidForName`, `Expired`…) and the
 /// fix, or another handshake failure (e.g. `https://` to a plain-HTTP port).
@@ -116,30 +148,57 @@ pub fn handshake_error(e: &(dyn std::error::Error + 'static)) -> Option<String> 
     None
 }
 
-/// A failed handshake fails the same way on the next attempt: never retried (the SDK's standard
-/// retry treats it as a transient I/O error and retried it for ~40 s).
+/// An HTTP client whose failed TLS handshakes are not retried: the next attempt fails the same
+/// way. The SDK's standard retry treats a connector's I/O error as transient (it retried an
+/// untrusted certificate for ~40 s, and STS did so inside every credentials lookup); the same error
+/// as a connector error of kind "other" is final, for S3, STS and every other client alike.
 #[derive(Debug)]
-pub struct FailedHandshake;
+struct FinalHandshake(SharedHttpClient);
 
-impl ClassifyRetry for FailedHandshake {
-    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
-        match ctx.output_or_error() {
-            Some(Err(e))
-                if e.as_connector_error()
-                    .is_some_and(|c| handshake_error(c).is_some()) =>
-            {
-                RetryAction::RetryForbidden
-            }
-            _ => RetryAction::NoActionIndicated,
-        }
+impl HttpClient for FinalHandshake {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        SharedHttpConnector::new(FinalHandshakeConnector(
+            self.0.http_connector(settings, components),
+        ))
     }
 
-    fn name(&self) -> &'static str {
-        "ferry: failed TLS handshake"
+    fn validate_base_client_config(
+        &self,
+        components: &RuntimeComponentsBuilder,
+        cfg: &ConfigBag,
+    ) -> std::result::Result<(), BoxError> {
+        self.0.validate_base_client_config(components, cfg)
     }
 
-    fn priority(&self) -> RetryClassifierPriority {
-        RetryClassifierPriority::run_after(RetryClassifierPriority::transient_error_classifier())
+    fn validate_final_config(
+        &self,
+        components: &RuntimeComponents,
+        cfg: &ConfigBag,
+    ) -> std::result::Result<(), BoxError> {
+        self.0.validate_final_config(components, cfg)
+    }
+
+    fn connector_metadata(&self) -> Option<ConnectorMetadata> {
+        self.0.connector_metadata()
+    }
+}
+
+#[derive(Debug)]
+struct FinalHandshakeConnector(SharedHttpConnector);
+
+impl HttpConnector for FinalHandshakeConnector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let call = self.0.call(request);
+        HttpConnectorFuture::new(async move {
+            call.await.map_err(|e| match handshake_error(&e) {
+                Some(_) => ConnectorError::other(e.into(), None),
+                None => e,
+            })
+        })
     }
 }
 

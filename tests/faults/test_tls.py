@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_faults import MiB, PART, error_lines, noise, ok, run, snapshot, under, write
+from test_faults import MiB, PART, env_for, error_lines, noise, ok, run, snapshot, under, write
 
 import podlib
 
@@ -188,3 +188,56 @@ def test_an_unusable_ssl_cert_file_is_refused_naming_it(https, server, tmp_path,
     assert p.returncode == 2, p.stderr
     errors = error_lines(p.stderr)
     assert len(errors) == 1 and f"SSL_CERT_FILE={bundle}" in errors[0], p.stderr
+
+
+def without_static_keys(env, tmp_path, **web_identity):
+    """`env` with credentials only from web identity (IRSA): no keys, no profile."""
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        env.pop(k, None)
+    token = tmp_path / "token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.e30.c2ln\n")
+    env.update(AWS_CONFIG_FILE=str(tmp_path / "no-config"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-creds"),
+               AWS_WEB_IDENTITY_TOKEN_FILE=str(token), AWS_ROLE_ARN="arn:aws:iam::123456789012:role/ferry",
+               **{k: str(v) for k, v in web_identity.items()})
+    return env
+
+
+def test_an_untrusted_sts_certificate_fails_at_once_naming_sts_not_the_s3_endpoint(https, server, tmp_path):
+    """IRSA: ferry swaps the pod's token for keys at STS first. An STS behind a private CA used to
+    be retried inside every credentials lookup for ~40 s, then blamed on the S3 endpoint."""
+    bucket = server.new_bucket("tls-sts")
+    wd = tmp_path / "w"
+    write(wd / "a.txt", b"a\n")
+    relay = Relay(int(https[0].rsplit(":", 1)[1]))
+    sts = f"https://127.0.0.1:{relay.port}"
+    env = without_static_keys(env_for(server, FERRY_S3_MAX_ATTEMPTS=8), tmp_path, AWS_ENDPOINT_URL_STS=sts)
+    try:
+        p = subprocess.run([str(podlib.FERRY), "stage", "--url", f"s3://{bucket}/p", "--job-id", "1",
+                            "--workdir", str(wd)], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        relay.close()
+    assert p.returncode == 12, p.stderr
+    errors = error_lines(p.stderr)
+    assert len(errors) == 1, p.stderr
+    line = errors[0]
+    assert f"STS endpoint {sts}" in line and "certificate not trusted" in line and "AWS_CA_BUNDLE" in line, line
+    assert server.endpoint not in line, line
+    # Not retried: 8 attempts were allowed, one connection was made.
+    assert relay.connections == 1, relay.connections
+
+
+def test_a_refused_credentials_lookup_names_sts_and_exits_6(https, server, tmp_path):
+    """STS answering with an error (here: an S3 server, which knows no AssumeRoleWithWebIdentity)
+    is a credentials failure naming STS, not an S3 error on the first object."""
+    wd = tmp_path / "w"
+    write(wd / "a.txt", b"a\n")
+    env = without_static_keys(env_for(server, FERRY_S3_MAX_ATTEMPTS=2), tmp_path, AWS_ENDPOINT_URL_STS=https[1])
+    p = subprocess.run([str(podlib.FERRY), "stage", "--url", "s3://some-bucket/p", "--job-id", "1",
+                        "--workdir", str(wd)], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 6, p.stderr
+    errors = error_lines(p.stderr)
+    assert len(errors) == 1, p.stderr
+    # SeaweedFS serves STS too, and refuses the role: its code and message, in words.
+    line = errors[0]
+    assert f"no credentials from STS endpoint {https[1]}" in line and "AccessDenied: role not found" in line, line
+    assert "Error {" not in line and "DispatchFailure(" not in line, line
