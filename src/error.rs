@@ -151,6 +151,9 @@ pub enum Error {
     #[error("yaml: {0}")]
     Yaml(String),
 
+    #[error("no S3 credentials from {from}: {reason}")]
+    NoCredentials { from: String, reason: String },
+
     #[error("{endpoint}: {reason} (not retried)")]
     Tls { endpoint: String, reason: String },
 
@@ -167,7 +170,7 @@ impl Error {
             Error::Manifest { .. } | Error::Unsafe { .. } => ExitCode::Manifest,
             Error::S3 { .. } => ExitCode::S3,
             Error::Missing { .. } => ExitCode::Missing,
-            Error::Credentials { .. } => ExitCode::Credentials,
+            Error::Credentials { .. } | Error::NoCredentials { .. } => ExitCode::Credentials,
             Error::Io { .. } => ExitCode::Io,
             Error::Checksum { .. } => ExitCode::Checksum,
             Error::JobFailed { .. } => ExitCode::JobFailed,
@@ -211,6 +214,25 @@ pub fn describe_io(e: &std::io::Error) -> String {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error and its sources as words on one line, joined by `: ` (a message its predecessor
+/// already holds is left out): no Debug output and no line break in an error line.
+pub fn in_words(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let text = err
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !parts.last().is_some_and(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
 
 #[cfg(test)]
 mod tests {

@@ -426,6 +426,8 @@ fn add_ferry_containers(
         .cloned()
         .unwrap_or_default();
     let user = run_as(spec, &tool);
+    // Before ferry's containers join (ferry-init's default group is none of the job's).
+    let pod_groups = run_as_groups(spec);
     let memory = memory_limit(opts.extra_env)?;
     let mut ferry_mounts = mounts.to_vec();
     let (state, state_mount) = state_volume(&manifest.job_id);
@@ -481,6 +483,7 @@ fn add_ferry_containers(
             inits.insert(0, init);
             let name = sidecar_name(tool_names)?;
             let own_group = (user.0, sidecar_gid(spec));
+            share_run_as_groups(spec, &pod_groups)?;
             let sidecar = ferry_container(
                 &name,
                 &["sidecar", "--mode", mode],
@@ -720,30 +723,79 @@ fn run_as(spec: &Mapping, tool: &Value) -> (i64, i64) {
     (uid, pick("runAsGroup").unwrap_or(DEFAULT_ID))
 }
 
-/// The shared-pid sidecar's group: [`SIDECAR_GID`], or the next lower one that neither the pod nor
-/// any of its containers runs as. The tool shares the sidecar's PID namespace and (to read and write the
-/// same files) its uid; the kernel opens another process's `/proc/<pid>/{environ,mem,root,fd}`
-/// only when uid *and* gid match, else it needs CAP_SYS_PTRACE. A tool of another gid therefore
-/// cannot read the sidecar's credentials, not even in the instant between `execve` and ferry
-/// marking itself non-dumpable. The sidecar still reads every file the tool writes: it is their
-/// owner.
+/// The shared-pid sidecar's group: [`SIDECAR_GID`], or the next lower one that no container of
+/// the pod runs as or is a member of (`fsGroup`, `supplementalGroups`). The tool shares the
+/// sidecar's PID namespace and (to read and write the same files) its uid; the kernel opens
+/// another process's `/proc/<pid>/{environ,mem,root,fd}` only when uid *and* gid match, else it
+/// needs CAP_SYS_PTRACE. A tool of another gid, and no member of the sidecar's (it could not make
+/// a setgid program of that group), therefore cannot read the sidecar's credentials, not even in
+/// the instant between `execve` and ferry marking itself non-dumpable.
 fn sidecar_gid(spec: &Mapping) -> i64 {
-    let group = |security: Option<&Value>| {
-        security
-            .and_then(|s| s.get("runAsGroup"))
-            .and_then(Value::as_i64)
-    };
-    let mut taken: Vec<i64> = group(spec.get("securityContext")).into_iter().collect();
-    for list in ["initContainers", "containers"] {
-        let containers = spec.get(list).and_then(Value::as_sequence);
-        let groups = containers.into_iter().flatten();
-        taken.extend(groups.filter_map(|c| group(c.get("securityContext"))));
-    }
+    let mut taken = run_as_groups(spec);
+    taken.extend(member_groups(spec));
     (0..SIDECAR_GID)
         .rev()
         .map(|below| below + 1)
         .find(|g| !taken.contains(g))
         .unwrap_or(SIDECAR_GID)
+}
+
+/// The `runAsGroup` of the pod and of each of its containers.
+fn run_as_groups(spec: &Mapping) -> Vec<i64> {
+    let group = |security: Option<&Value>| {
+        security
+            .and_then(|s| s.get("runAsGroup"))
+            .and_then(Value::as_i64)
+    };
+    let mut groups: Vec<i64> = group(spec.get("securityContext")).into_iter().collect();
+    for list in ["initContainers", "containers"] {
+        let containers = spec.get(list).and_then(Value::as_sequence);
+        let found = containers.into_iter().flatten();
+        groups.extend(found.filter_map(|c| group(c.get("securityContext"))));
+    }
+    groups
+}
+
+/// Groups every container of the pod is a member of: `fsGroup` and `supplementalGroups`.
+fn member_groups(spec: &Mapping) -> Vec<i64> {
+    let Some(security) = spec.get("securityContext") else {
+        return Vec::new();
+    };
+    let fs_group = security.get("fsGroup").and_then(Value::as_i64);
+    let supplemental = security
+        .get("supplementalGroups")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_i64);
+    fs_group.into_iter().chain(supplemental).collect()
+}
+
+/// The shared-pid sidecar, in a group of its own, still reads a file another container wrote
+/// readable only to its group (a second tool or an init container of another user): every group
+/// the pod's containers run as becomes one of the pod's `supplementalGroups`. The kernel's `/proc`
+/// check compares primary groups only, so this gives the tool nothing of the sidecar's.
+fn share_run_as_groups(spec: &mut Mapping, groups: &[i64]) -> Result<()> {
+    let members = member_groups(spec);
+    let mut missing: Vec<i64> = Vec::new();
+    for &g in groups {
+        if !members.contains(&g) && !missing.contains(&g) {
+            missing.push(g);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let security = spec.entry("securityContext".into()).or_insert(Value::Null);
+    if security.is_null() {
+        *security = Value::Mapping(Mapping::new());
+    }
+    let security = security
+        .as_mapping_mut()
+        .ok_or_else(|| Error::Yaml("the pod's securityContext is not a mapping".into()))?;
+    let list = seq_mut(security, "supplementalGroups", None)?;
+    list.extend(missing.into_iter().map(Value::from));
+    Ok(())
 }
 
 /// `FERRY_MANIFEST`, `FERRY_SIDECAR_MODE` (sidecar only), then `extra` (a same name replaces).
@@ -1385,6 +1437,16 @@ spec:
         let pod_too = taken.replace("runAsGroup: 10001", "runAsGroup: 65532");
         assert!(pod_too.contains("runAsGroup: 65532"), "{pod_too}");
         assert_eq!(sidecar_ids(&pod_too), ((2000, 65531), (2000, 65533)));
+        // A group every container is a member of is no group of the sidecar's own.
+        let members = tool.replace(
+            "runAsGroup: 10001",
+            "runAsGroup: 10001\n        fsGroup: 65533\n        supplementalGroups: [65532]",
+        );
+        assert_eq!(sidecar_ids(&members), ((2000, 65531), (2000, 3000)));
+        // The sidecar reads what the pod's other users left readable to their groups.
+        let out = run(&members, SidecarKind::SharedPid);
+        let groups = &spec(&out)["securityContext"]["supplementalGroups"];
+        assert_eq!(groups, &yaml("[65532, 10001, 3000]"));
         // The native sidecar shares no PID namespace with the tool: the tool's group.
         let native = run(&tool, SidecarKind::Native);
         let sc = &spec(&native)["initContainers"][0]["securityContext"];

@@ -37,7 +37,8 @@ use tokio::signal::unix::{SignalKind, signal};
 /// Logs to stderr, filtered by `FERRY_LOG` (default `info`).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env(env::LOG).unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn")
+        // The SDK's own warnings are Debug dumps of what ferry's error line then says in words.
+        tracing_subscriber::EnvFilter::new("info,aws_config=error,aws_smithy_runtime=error")
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -2,8 +2,9 @@
 //! name the object. File-granularity helpers only; `transfer` builds on them.
 
 use crate::env;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, in_words};
 
+mod credentials;
 mod tls;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -104,49 +105,6 @@ fn bool_env(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "yes"))
 }
 
-/// Whether an error's chain holds a failed credentials lookup (STS, Pod Identity, no provider
-/// found), not S3's answer to a request.
-fn credentials_lookup_failed(e: &(dyn std::error::Error + 'static)) -> bool {
-    use aws_credential_types::provider::error::CredentialsError;
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err.is::<CredentialsError>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// Why a credentials lookup failed, in words: the service's code and message where STS (or
-/// another endpoint) answered (`AccessDenied: role not found: ferry`), else the error chain.
-fn lookup_failure(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(meta) = err.downcast_ref::<aws_smithy_types::error::ErrorMetadata>() {
-            let code = meta.code().unwrap_or("error");
-            return format!("{code}: {}", meta.message().unwrap_or("no message"));
-        }
-        cur = err.source();
-    }
-    in_words(e)
-}
-
-/// An error and its sources as words, joined by `: ` (a message its predecessor already holds
-/// is left out): no Debug output in an error line.
-fn in_words(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        let text = err.to_string();
-        if !parts.last().is_some_and(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        cur = err.source();
-    }
-    parts.join(": ")
-}
-
 impl Store {
     /// A client from the standard AWS chain (env, profile, IRSA/Pod Identity, instance profile),
     /// with the SDK's standard retry (backoff on 503 SlowDown and 5xx).
@@ -167,19 +125,26 @@ impl Store {
             aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
         // A server that accepts the connection and never answers must not hang a job: every
         // attempt ends after ATTEMPT_TIMEOUT (a request moves at most one part) and is retried.
+        let attempt = attempt_timeout()?;
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(10))
-            .operation_attempt_timeout(attempt_timeout()?)
+            .operation_attempt_timeout(attempt)
+            .build();
+        // A credentials lookup (STS, Pod Identity) gets as long as one S3 attempt, not the SDK's
+        // default of every retry at its longest (a stalled STS held a job ~17 minutes).
+        let identity_cache = aws_config::identity::IdentityCache::lazy()
+            .load_timeout(attempt)
             .build();
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(region)
             .retry_config(retry)
-            .timeout_config(timeouts);
+            .timeout_config(timeouts)
+            .identity_cache(identity_cache);
         // STS (IRSA) and S3 alike trust AWS_CA_BUNDLE's CAs and never retry a failed handshake.
         loader = loader.http_client(tls::http_client()?);
         let sdk = loader.load().await;
         let endpoint = tls::endpoint_name(&sdk, bucket);
-        let credentials_source = tls::credentials_source(&sdk);
+        let credentials_source = credentials::source(&sdk);
         // The standard retry's shared token bucket allows ~50 retries per process: at 16
         // transfers at once a 3-second outage used it up. Each request keeps its own attempt
         // budget (FERRY_S3_MAX_ATTEMPTS) and backoff instead.
@@ -226,25 +191,16 @@ impl Store {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let lookup_failed = credentials_lookup_failed(&e);
+        let lookup = credentials::lookup_error(&e, &self.credentials_source, op, &self.bucket, key);
         if let Some(reason) = tls::handshake_error(&e) {
-            let endpoint = match lookup_failed {
-                true => self.credentials_source.clone(),
-                false => format!("s3 endpoint {}", self.endpoint),
+            let endpoint = match lookup {
+                Some(_) => self.credentials_source.clone(),
+                None => format!("s3 endpoint {}", self.endpoint),
             };
             return Error::Tls { endpoint, reason };
         }
-        if lookup_failed {
-            return Error::Credentials {
-                op,
-                bucket: self.bucket.clone(),
-                key: key.to_string(),
-                message: format!(
-                    "no credentials from {}: {}",
-                    self.credentials_source,
-                    lookup_failure(&e)
-                ),
-            };
+        if let Some(error) = lookup {
+            return error;
         }
         let status = e.raw_response().map(|r| r.status().as_u16());
         let code = e.code().unwrap_or_default().to_string();

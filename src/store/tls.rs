@@ -25,6 +25,7 @@ use aws_smithy_types::config_bag::ConfigBag;
 /// instead when set (rustls-native-certs reads them).
 pub fn http_client() -> Result<SharedHttpClient> {
     check_ssl_cert_file()?;
+    check_ssl_cert_dir()?;
     let builder = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc));
     let client = match ca_bundle()? {
@@ -66,6 +67,19 @@ fn check_ssl_cert_file() -> Result<()> {
         .map_err(|why| bad(format!("{why}; give a PEM file of CA certificates")))
 }
 
+/// `SSL_CERT_DIR` replaces the system roots too: it must be a directory ferry can list.
+fn check_ssl_cert_dir() -> Result<()> {
+    let path = match std::env::var("SSL_CERT_DIR") {
+        Ok(p) if !p.is_empty() => p,
+        _ => return Ok(()),
+    };
+    std::fs::read_dir(&path).map(|_| ()).map_err(|e| {
+        Error::Config(format!(
+            "SSL_CERT_DIR={path}: cannot list it ({e}); give a directory of PEM CA certificates"
+        ))
+    })
+}
+
 /// The number of certificates in a PEM bundle, each usable as a trust anchor.
 pub fn check_bundle(pem: &[u8]) -> std::result::Result<usize, String> {
     use rustls::pki_types::CertificateDer;
@@ -97,23 +111,6 @@ pub fn endpoint_name(sdk: &aws_config::SdkConfig, bucket: &str) -> String {
     }
 }
 
-/// How error lines name where credentials come from: the STS endpoint of web identity (IRSA),
-/// the Pod Identity / container credentials endpoint, else the SDK's provider chain.
-pub fn credentials_source(sdk: &aws_config::SdkConfig) -> String {
-    let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
-    if var(env::AWS_WEB_IDENTITY_TOKEN_FILE).is_some() {
-        let region = sdk.region().map(|r| r.as_ref()).unwrap_or("us-east-1");
-        let sts = var(env::AWS_ENDPOINT_URL_STS)
-            .or_else(|| var(env::AWS_ENDPOINT_URL))
-            .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
-        return format!("STS endpoint {sts} (web identity credentials, AWS_ROLE_ARN)");
-    }
-    match var(env::AWS_CONTAINER_CREDENTIALS_FULL_URI) {
-        Some(uri) => format!("credentials endpoint {uri} (Pod Identity)"),
-        None => "the AWS credentials chain".into(),
-    }
-}
-
 /// What went wrong in the TLS handshake, found somewhere in an error's chain, as the rest of an
 /// error line: an untrusted certificate (`UnknownIssuer`, `NotValidForName`, `Expired`…) and the
 /// fix, or another handshake failure (e.g. `https://` to a plain-HTTP port).
@@ -123,8 +120,8 @@ pub fn handshake_error(e: &(dyn std::error::Error + 'static)) -> Option<String> 
         match err.downcast_ref::<rustls::Error>() {
             Some(rustls::Error::InvalidCertificate(c)) => {
                 return Some(format!(
-                    "TLS certificate not trusted ({c:?}); if it is signed by a private CA, set \
-                     AWS_CA_BUNDLE to a PEM file holding that CA"
+                    "TLS certificate not trusted ({c}); {}",
+                    certificate_fix(c)
                 ));
             }
             Some(other) => {
@@ -146,6 +143,30 @@ pub fn handshake_error(e: &(dyn std::error::Error + 'static)) -> Option<String> 
         cur = err.source();
     }
     None
+}
+
+/// What to do about a certificate the client refused.
+fn certificate_fix(c: &rustls::CertificateError) -> String {
+    use rustls::CertificateError::*;
+    match c {
+        UnknownIssuer | BadSignature => match std::env::var(env::AWS_CA_BUNDLE) {
+            Ok(path) if !path.is_empty() => format!(
+                "its CA is not in {}={path}: add the CA that signed it",
+                env::AWS_CA_BUNDLE
+            ),
+            _ => format!(
+                "if it is signed by a private CA, set {} to a PEM file holding that CA",
+                env::AWS_CA_BUNDLE
+            ),
+        },
+        NotValidForName | NotValidForNameContext { .. } => {
+            "give the endpoint by a name the certificate was issued for".into()
+        }
+        Expired | ExpiredContext { .. } | NotValidYet | NotValidYetContext { .. } => {
+            "renew the certificate, or check the node's clock".into()
+        }
+        _ => "ask the endpoint's operator for a certificate a standard client accepts".into(),
+    }
 }
 
 /// An HTTP client whose failed TLS handshakes are not retried: the next attempt fails the same

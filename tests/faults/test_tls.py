@@ -196,7 +196,7 @@ def without_static_keys(env, tmp_path, **web_identity):
         env.pop(k, None)
     token = tmp_path / "token"
     token.write_text("eyJhbGciOiJSUzI1NiJ9.e30.c2ln\n")
-    env.update(AWS_CONFIG_FILE=str(tmp_path / "no-config"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-creds"),
+    env.update(AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null",
                AWS_WEB_IDENTITY_TOKEN_FILE=str(token), AWS_ROLE_ARN="arn:aws:iam::123456789012:role/ferry",
                **{k: str(v) for k, v in web_identity.items()})
     return env
@@ -239,5 +239,77 @@ def test_a_refused_credentials_lookup_names_sts_and_exits_6(https, server, tmp_p
     assert len(errors) == 1, p.stderr
     # SeaweedFS serves STS too, and refuses the role: its code and message, in words.
     line = errors[0]
-    assert f"no credentials from STS endpoint {https[1]}" in line and "AccessDenied: role not found" in line, line
+    assert f"no S3 credentials from STS endpoint {https[1]}" in line and "AccessDenied: role not found" in line, line
     assert "Error {" not in line and "DispatchFailure(" not in line, line
+
+
+def stage_without_static_keys(server, tmp_path, max_attempts=2, **web_identity):
+    wd = tmp_path / "w"
+    write(wd / "a.txt", b"a\n")
+    env = without_static_keys(env_for(server, FERRY_S3_MAX_ATTEMPTS=max_attempts), tmp_path, **web_identity)
+    return subprocess.run([str(podlib.FERRY), "stage", "--url", "s3://some-bucket/p", "--job-id", "1",
+                           "--workdir", str(wd)], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_an_sts_that_does_not_answer_is_a_network_failure_naming_sts_exit_4(https, server, tmp_path):
+    """Refused, then stalled (accepts, never answers): retried like S3 itself, then exit 4 naming
+    STS; a stalled STS is given one S3 attempt's time (FERRY_S3_ATTEMPT_TIMEOUT), not minutes."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    p = stage_without_static_keys(server, tmp_path, AWS_ENDPOINT_URL_STS=f"http://127.0.0.1:{port}")
+    assert p.returncode == 4, p.stderr
+    errors = error_lines(p.stderr)
+    assert len(errors) == 1 and f"no credentials: STS endpoint http://127.0.0.1:{port}" in errors[0], p.stderr
+    assert "is unreachable or failing" in errors[0] and "Connection refused" in errors[0], errors
+
+    stalled = socket.socket()
+    stalled.bind(("127.0.0.1", 0))
+    stalled.listen(16)
+    try:
+        sts = f"http://127.0.0.1:{stalled.getsockname()[1]}"
+        p = stage_without_static_keys(server, tmp_path, AWS_ENDPOINT_URL_STS=sts, FERRY_S3_ATTEMPT_TIMEOUT=2)
+    finally:
+        stalled.close()
+    assert p.returncode == 4, p.stderr
+    errors = error_lines(p.stderr)
+    assert len(errors) == 1 and f"no credentials: STS endpoint {sts}" in errors[0], p.stderr
+    assert "timed out" in errors[0], errors
+
+
+def test_no_credentials_at_all_is_one_line_saying_how_to_give_them_exit_6(https, server, tmp_path):
+    wd = tmp_path / "w"
+    write(wd / "a.txt", b"a\n")
+    env = without_static_keys(env_for(server), tmp_path)
+    for k in ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"):
+        env.pop(k)
+    p = subprocess.run([str(podlib.FERRY), "stage", "--url", "s3://some-bucket/p", "--job-id", "1",
+                        "--workdir", str(wd)], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 6, p.stderr
+    lines = [line for line in p.stderr.splitlines() if " INFO " not in line]
+    assert len(lines) == 1 and " ERROR " in lines[0], p.stderr  # nothing but that line: no SDK dumps
+    assert "no S3 credentials from any source" in lines[0] and "AWS_ACCESS_KEY_ID" in lines[0] \
+        and "AWS_WEB_IDENTITY_TOKEN_FILE" in lines[0], lines
+
+
+def test_a_certificate_for_another_name_says_so_and_how_to_fix_it(https, server, tmp_path):
+    """The test certificate is for IP 127.0.0.1; `localhost` is another name (CA trusted)."""
+    endpoint = https[0].replace("127.0.0.1", "localhost")
+    wd = tmp_path / "w"
+    write(wd / "a.txt", b"a\n")
+    p = run(server, "stage", "--url", "s3://some-bucket/p", "--job-id", "1", "--workdir", wd,
+            endpoint=endpoint, AWS_CA_BUNDLE=https[2] / "ca.pem")
+    assert p.returncode == 12, p.stderr
+    errors = error_lines(p.stderr)
+    assert len(errors) == 1 and "not valid for name" in errors[0] and "127.0.0.1" in errors[0], p.stderr
+    assert "issued for" in errors[0] and "Context {" not in errors[0], errors
+
+
+def test_an_unusable_ssl_cert_dir_is_refused_naming_it(https, server, tmp_path):
+    wd = tmp_path / "w"
+    write(wd / "a.txt", b"a\n")
+    p = run(server, "stage", "--url", "s3://some-bucket/p", "--job-id", "1", "--workdir", wd,
+            endpoint=https[0], SSL_CERT_DIR=tmp_path / "no-such-dir")
+    assert p.returncode == 2, p.stderr
+    assert f"SSL_CERT_DIR={tmp_path / 'no-such-dir'}" in p.stderr, p.stderr
