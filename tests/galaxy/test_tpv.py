@@ -1,7 +1,7 @@
-"""galaxy/tpv_ferry.yml through TPV 3.3.0's own mapper (tpv.rules.gateway.map_tool_to_destination, the
-function Galaxy's tpv_dispatcher destination calls), with Galaxy's own model objects (the job and its input
-dataset, users and roles in Galaxy's database): the destination TPV returns carries the ferry_* settings
-the example promises, and ferry's runner builds the job's Kubernetes Job with them."""
+"""galaxy/tpv_ferry.yml through TPV 3.3.0's own mapper (tpv.rules' map_tool_to_destination), called by
+Galaxy's own JobRunnerMapper for a TPV dispatcher destination, with Galaxy's model objects (the job and its
+input dataset, users and roles in Galaxy's database): the destination TPV returns carries the ferry_*
+settings the example promises, and ferry's runner builds the job's Kubernetes Job with them."""
 
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,9 +9,12 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from galaxy import model
+from galaxy.jobs.job_destination import JobDestination
+from galaxy.jobs.mapper import JobRunnerMapper
 from galaxy.model import mapping
 from tpv.rules import gateway
 
+import galaxy_stubs
 from ferry_galaxy.runner import FERRY_PARAM_SPECS, PLUGIN_ONLY
 from harness import GalaxyJob
 
@@ -50,19 +53,25 @@ def tpv_rules(tmp_path):
 def with_recorded_input(job):
     """The job's input dataset as Galaxy records it (a HistoryDatasetAssociation whose Dataset has
     file_size READS_BYTES): what TPV's input_size adds up."""
-    dataset = model.Dataset(id=1, state=model.Dataset.states.OK)
-    dataset.file_size = READS_BYTES
-    hda = model.HistoryDatasetAssociation(id=1, hid=1, name="reads", extension="fastqsanger", dataset=dataset,
-                                          create_dataset=False)
-    job.app.model.context.job.add_input_dataset("input1", hda)
+    reads = galaxy_stubs.input_hda(None, 1, 1, "reads")
+    reads.dataset.file_size = READS_BYTES
+    job.app.model.context.job.add_input_dataset("input1", reads)
     return job
 
 
 def tpv_destination(job, user, tpv_rules):
-    """What Galaxy's tpv_dispatcher destination gives this job: TPV's map_tool_to_destination."""
+    """The destination Galaxy's job handler gets for this job from a TPV dispatcher, configured as TPV's
+    documentation and galaxy-helm do: Galaxy's JobRunnerMapper resolves the dynamic destination by calling
+    tpv.rules' map_tool_to_destination with the job, its tool and user, and tpv_config_files."""
     gateway.ACTIVE_DESTINATION_MAPPERS.clear()  # TPV keeps one mapper per dispatcher; each test loads its own
-    return gateway.map_tool_to_destination(job.app, job.app.model.context.job, job.tool, user,
-                                           tpv_config_files=tpv_rules)
+    galaxy_job = job.app.model.context.job
+    galaxy_job.user = user
+    dispatcher = JobDestination(id="tpv_dispatcher", runner="dynamic", params={
+        "type": "python", "function": "map_tool_to_destination", "rules_module": "tpv.rules",
+        "tpv_config_files": tpv_rules})
+    wrapper = galaxy_stubs.JobWrapper(galaxy_job, job.app, job.tool, None, job.job_dir, "true")
+    mapper = JobRunnerMapper(wrapper, url_to_destination=None, job_config=SimpleNamespace(dynamic_params=None))
+    return mapper.cache_job_destination(dispatcher)
 
 
 def staged_roots(job):
@@ -120,6 +129,7 @@ def test_tpv_sizes_the_disk_from_the_input_size_and_the_runner_gives_the_job_tha
 def test_tpv_sends_a_data_manager_to_the_shared_destination_where_ferry_stays_out(s3, tmp_path, galaxy_db,
                                                                                    tpv_rules):
     job = with_recorded_input(GalaxyJob(s3, tmp_path, tool_id=DATA_MANAGER))
+    job.tool.tool_type = "manage_data"  # galaxy.tools.DataManagerTool
 
     job.destination = tpv_destination(job, galaxy_db.plain, tpv_rules)
 

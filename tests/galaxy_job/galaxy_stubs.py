@@ -112,6 +112,9 @@ class Tool:
     def find_output_def(self, name):
         return None  # no from_work_dir outputs
 
+    def get_param_values(self, job, ignore_errors=False):
+        return {}  # no parameters, so no __job_resource for Galaxy's JobRunnerMapper to pass to a rule
+
 
 class JobIO:
     """job_io as the k8s runner and ferry's runner use it; integrity settings are Galaxy's defaults
