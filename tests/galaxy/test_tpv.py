@@ -31,9 +31,9 @@ READS_BYTES = 5 * GIB // 2  # the job's input as Galaxy's database records it: T
 
 
 @pytest.fixture(scope="module")
-def galaxy_db():
+def galaxy_db(tmp_path_factory):
     """Galaxy's own database (SQLite in memory): a user without roles and one with the eu-data role."""
-    db = mapping.init("/tmp", "sqlite:///:memory:", create_tables=True)
+    db = mapping.init(str(tmp_path_factory.mktemp("files")), "sqlite:///:memory:", create_tables=True)
     plain = model.User(email="ana@example.org", password="x" * 20)
     eu = model.User(email="eu@example.org", password="x" * 20)
     role = model.Role(name="eu-data", type=model.Role.types.ADMIN)
@@ -97,7 +97,7 @@ def test_the_tpv_example_sets_only_settings_a_destination_may_set():
 @pytest.mark.parametrize("tool_id,disk_gib,reference_roots", [
     ("cat1", int(2.5 * 3) + 10, None),
     (BWA_MEM, int(2.5 * 4) + 20, "/galaxy/server/database/refs"),
-], ids=["default tool", "bwa_mem"])
+], ids=["default-tool", "bwa_mem"])
 def test_tpv_sizes_the_disk_from_the_input_size_and_the_runner_gives_the_job_that_disk(
         s3, tmp_path, galaxy_db, tpv_rules, tool_id, disk_gib, reference_roots):
     job = with_recorded_input(GalaxyJob(s3, tmp_path, tool_id=tool_id))
@@ -136,6 +136,8 @@ def test_tpv_sends_a_data_manager_to_the_shared_destination_where_ferry_stays_ou
     assert (job.destination.id, job.destination.runner) == ("k8s_shared", "k8s_shared")
     assert job.destination.params["ferry_enabled"] is False
     assert job.runner.ferry_settings(SimpleNamespace(job_destination=job.destination)).enabled is False
+    pod = job.submit("true")["spec"]["template"]["spec"]
+    assert "initContainers" not in pod and not hasattr(job.ajs, "ferry_manifest_url"), "Galaxy's own Job"
 
 
 def test_tpv_sends_only_users_with_the_eu_data_role_to_the_eu_bucket(s3, tmp_path, galaxy_db, tpv_rules):
@@ -150,4 +152,5 @@ def test_tpv_sends_only_users_with_the_eu_data_role_to_the_eu_bucket(s3, tmp_pat
     assert settings.url == "s3://galaxy-ferry-eu/main" and settings.env == {"AWS_REGION": "eu-central-1"}
     assert settings.disk == (int(2.5 * 3) + 10) * GIB, "k8s_eu keeps the tool's disk rule"
     assert eu.params["requests_memory"] == "4Gi", "k8s_eu inherits k8s's params"
-    assert job.runner.ferry_settings(SimpleNamespace(job_destination=plain)).url == job.runner.runner_params["ferry_url"]
+    plain_url = job.runner.ferry_settings(SimpleNamespace(job_destination=plain)).url
+    assert plain_url == job.runner.runner_params["ferry_url"], "the runner plugin's bucket"
