@@ -4,7 +4,8 @@
 #   apt:  podman runc catatonit busybox-static (pods), curl, time, binutils, ca-certificates,
 #         s3fs (the Galaxy test of collect --link-outputs-under on a FUSE mount of the bucket),
 #         openssl (the HTTPS tests make a CA)
-#   pip:  a venv in .venv with SeaweedFS (the S3 server), pytest, kubernetes-validate, Galaxy
+#   pip:  a venv in .venv with SeaweedFS (the S3 server), pytest, kubernetes-validate, Galaxy and TPV
+#         (galaxy/requirements-test.txt)
 #   cargo: target/x86_64-unknown-linux-gnu/release/ferry
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

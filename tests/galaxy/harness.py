@@ -34,7 +34,7 @@ class GalaxyJob:
     """A job with one input dataset (file, metadata file, extra-files directory) and one output."""
 
     def __init__(self, s3, base, outputs_to_working_directory=True, tool_version="1.0", runner_params=None,
-                 **destination_params):
+                 tool_id="ferry_test", **destination_params):
         base = Path(base)
         self.extra_runner_params = runner_params or {}
         self.base = base
@@ -43,7 +43,8 @@ class GalaxyJob:
         self.make_files(base, outputs_to_working_directory)
         job = galaxy_stubs.new_job(self.id)
         self.app = galaxy_stubs.make_app(job, outputs_to_working_directory=outputs_to_working_directory)
-        self.tool = galaxy_stubs.Tool(self.app, podlib.TOOL_IMAGE, version=tool_version, tool_dir=self.tool_dir)
+        self.tool = galaxy_stubs.Tool(self.app, podlib.TOOL_IMAGE, tool_id=tool_id, version=tool_version,
+                                      tool_dir=self.tool_dir)
         self.destination = galaxy_stubs.k8s_destination(**destination_params)
         self.bucket = session_bucket(s3)
         self.prefix = f"galaxy-{self.id}"

@@ -1,21 +1,13 @@
 """Every ferry_* setting per destination (what TPV sets): the destination's value wins over the runner
-plugin's, a bad value fails the job before anything is uploaded, and the TPV example in galaxy/ yields
-settings the runner accepts."""
-
-import re
-from pathlib import Path
-from types import SimpleNamespace
+plugin's, and a bad value fails the job before anything is uploaded. The TPV example in galaxy/ is tested
+with TPV's own mapper in test_tpv.py."""
 
 import pytest
-import yaml
-from galaxy.jobs.job_destination import JobDestination
 from galaxy.jobs.runners.kubernetes import KubernetesJobRunner
 from galaxy.tool_util.output_checker import DETECTED_JOB_STATE
 
-from ferry_galaxy.runner import FERRY_PARAM_SPECS, PLUGIN_ONLY, FerryError
 from harness import GalaxyJob
 
-REPO = Path(__file__).resolve().parents[2]
 GIB = 1 << 30
 
 
@@ -98,56 +90,3 @@ def test_a_destination_runs_a_job_with_its_own_settings_end_to_end(s3, tmp_path)
 
     assert (outcome.call, outcome.detected_state) == ("finish", DETECTED_JOB_STATE.OK)
     assert job.output.read_text() == "ACGT\nTTGA\n"
-
-
-def tpv_evaluate(value, context):
-    """How TPV evaluates a string param: as a Python f-string over the job's context."""
-    if not isinstance(value, str) or "{" not in value:
-        return value
-    return eval(f"f{value!r}", {}, dict(context))  # noqa: S307 (the test's own file)
-
-
-def tpv_destination(conf, destination_id, tool_id, context):
-    """The destination TPV would give a tool: the destination's params (with inherits), the matching
-    tools' params over them, each value evaluated."""
-
-    def dest_params(d):
-        entry = conf["destinations"][d]
-        base = dest_params(entry["inherits"]) if entry.get("inherits") else {}
-        return {**base, **(entry.get("params") or {})}
-
-    params = dest_params(destination_id)
-    for pattern, entry in conf["tools"].items():
-        if pattern == "default" or re.fullmatch(pattern, tool_id):
-            params.update(entry.get("params") or {})
-    params = {k: tpv_evaluate(v, context) for k, v in params.items()}
-    return JobDestination(id=destination_id, runner="k8s", params=params)
-
-
-def test_the_tpv_example_gives_settings_the_runner_accepts(s3, tmp_path):
-    conf = yaml.safe_load((REPO / "galaxy/tpv_ferry.yml").read_text())
-    used = set()
-    for section in ("tools", "destinations"):
-        for entry in conf[section].values():
-            used |= {k for k in (entry.get("params") or {}) if k.startswith("ferry_")}
-    assert used and used <= set(FERRY_PARAM_SPECS) - set(PLUGIN_ONLY), used
-    job = GalaxyJob(s3, tmp_path)
-    context = {"input_size": 2.5, "cores": 2, "mem": 8}
-
-    def settings(destination, tool_id):
-        wrapper = SimpleNamespace(job_destination=tpv_destination(conf, destination, tool_id, context))
-        return job.runner.ferry_settings(wrapper)
-
-    bwa = settings("k8s", "toolshed.g2.bx.psu.edu/repos/devteam/bwa/bwa_mem/0.7.17.2")
-    assert bwa.disk == (int(2.5 * 4) + 20) * GIB
-    assert bwa.reference_roots == ["/galaxy/server/database/refs"]
-    other = settings("k8s", "cat1")
-    assert other.disk == (int(2.5 * 3) + 10) * GIB and other.reference_roots == []
-    assert settings("k8s_shared", "toolshed.g2.bx.psu.edu/repos/iuc/data_manager_fetch_genome/x").enabled is False
-    assert conf["tools"][".*data_manager.*"]["scheduling"]["require"] == \
-        conf["destinations"]["k8s_shared"]["scheduling"]["require"], "data managers go to the shared destination"
-    eu = settings("k8s_eu", "cat1")
-    assert eu.url == "s3://galaxy-ferry-eu/main" and eu.env == {"AWS_REGION": "eu-central-1"}
-    unitless = JobDestination(id="k8s", runner="k8s", params={"ferry_disk": tpv_evaluate("{input_size}", context)})
-    with pytest.raises(FerryError, match="ferry_disk '2.5': .* is not a size with a unit"):
-        job.runner.ferry_settings(SimpleNamespace(job_destination=unitless))

@@ -104,7 +104,7 @@ def test_the_helm_values_load_the_runner_and_drop_only_the_data_and_working_clai
 
     import galaxy_stubs
     from ferry_galaxy.runner import FerryKubernetesJobRunner
-    from galaxy.jobs.job_destination import JobDestination
+    from tpv.rules import gateway
 
     values = yaml.safe_load((podlib.REPO / "galaxy/helm/values-ferry.yaml").read_text())
     runner = dict(values["configs"]["job_conf.yml"]["runners"]["k8s"])
@@ -118,10 +118,18 @@ def test_the_helm_values_load_the_runner_and_drop_only_the_data_and_working_clai
     app = galaxy_stubs.make_app(galaxy_stubs.new_job(1))
     loaded = FerryKubernetesJobRunner(app, 1, k8s_config_path=str(kubeconfig), **params)
     assert loaded.runner_params["ferry_binary"] == "/usr/local/bin/ferry"
-    tpv = values["jobs"]["rules"]["tpv_rules_local.yml"]["destinations"]["k8s"]["params"]
-    disk = eval(f"f{tpv['ferry_disk']!r}", {}, {"input_size": 1.5})  # noqa: S307 (how TPV evaluates params)
-    wrapper = SimpleNamespace(job_destination=JobDestination(id="k8s", runner="k8s", params={"ferry_disk": disk}))
-    assert loaded.ferry_settings(wrapper).disk == 14 * (1 << 30)
+    # The values' TPV rule, evaluated by TPV's own mapper for a job whose input Galaxy records as 1.5 GiB
+    # (a minimal shared database before it; the chart's own k8s destination gives the runner).
+    rules = values["jobs"]["rules"]["tpv_rules_local.yml"]
+    job = galaxy_stubs.new_job(1)
+    reads = galaxy_stubs.input_hda(None, 1, 1, "reads")
+    reads.dataset.file_size = 3 << 29
+    job.add_input_dataset("input1", reads)
+    shared_database = {"global": {"default_inherits": "default"}, "tools": {"default": {"cores": 1, "mem": 4}}}
+    mapper = gateway.load_destination_mapper([shared_database, rules])
+    destination = mapper.map_to_destination(app, galaxy_stubs.Tool(app, "busybox", tool_id="cat1"), None, job)
+    assert destination.id == "k8s" and destination.params["ferry_disk"] == "14Gi"
+    assert loaded.ferry_settings(SimpleNamespace(job_destination=destination)).disk == 14 * (1 << 30)
     containerfile = (podlib.REPO / "galaxy/helm/Containerfile").read_text()
     for line in containerfile.splitlines():
         if line.startswith("COPY galaxy/"):

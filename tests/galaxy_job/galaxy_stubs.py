@@ -81,12 +81,13 @@ class NoDb:
 
 
 class Tool:
-    """The fields of galaxy.tools.Tool that the k8s runner reads, filled like Tool.parse() does."""
+    """The fields of galaxy.tools.Tool that the k8s runner and TPV read, filled like Tool.parse() does."""
 
     requires_galaxy_python_environment = GalaxyTool.requires_galaxy_python_environment  # the real property
     produces_entry_points = False
     tool_type = "default"
     tool_shed = None
+    dynamic_tool = None  # a tool from the toolbox, not a user-defined one (TPV reads it)
 
     def __init__(self, app, image, tool_id="ferry_test", version="1.0", tool_dir=None):
         self.app = app
@@ -101,7 +102,7 @@ class Tool:
         self.tmp_directory_vars = src.parse_tmp_directory_vars()  # :1402
         self.docker_env_pass_through = src.parse_docker_env_pass_through()  # :1418
         self.strict_shell = src.parse_strict_shell()  # :1515
-        self.requirements, self.containers, *_ = src.parse_requirements()  # :1536
+        self.requirements, self.containers, self.resource_requirements, *_ = src.parse_requirements()  # :1536
         # profile >= 16.04 without <stdio>: a non-zero exit code is an error (Tool.parse_stdio)
         self.stdio_exit_codes, self.stdio_regexes = src.parse_stdio()
 
@@ -110,6 +111,9 @@ class Tool:
 
     def find_output_def(self, name):
         return None  # no from_work_dir outputs
+
+    def get_param_values(self, job, ignore_errors=False):
+        return {}  # no parameters, so no __job_resource for Galaxy's JobRunnerMapper to pass to a rule
 
 
 class JobIO:
