@@ -42,8 +42,9 @@ import kube
 import podlib
 from ferry_galaxy.runner import FerryKubernetesJobRunner
 
-# An html report with files beside it (the extra-files directory: a sub-directory, binary bytes) and a
-# table whose metadata Galaxy's set_metadata computes. Profile 24.0: a non-zero exit code is an error.
+# An html report with files beside it (its extra-files directory: a sub-directory, binary bytes) and a
+# table whose metadata Galaxy's set_metadata computes (columns, types, lines) and the tool names in its
+# working directory (galaxy.json: name, dbkey, info). Profile 24.0: a non-zero exit code is an error.
 TOOL_XML = """<tool id="ferry_report" name="report with extra files" version="1.0" profile="24.0">
     <requirements><container type="docker">{image}</container></requirements>
     <command><![CDATA[
@@ -51,7 +52,8 @@ mkdir -p '$report.extra_files_path/img' &&
 tr a-z A-Z < '$input' > '$report.extra_files_path/upper.txt' &&
 printf 'PNG\\001\\000\\377' > '$report.extra_files_path/img/plot.png' &&
 echo '<html><a href="upper.txt">upper</a> <img src="img/plot.png"/></html>' > '$report' &&
-printf 'chr1\\t100\\t0.5\\nchr2\\t200\\t1.5\\n' > '$table'
+printf 'chr1\\t100\\t0.5\\nchr2\\t200\\t1.5\\n' > '$table' &&
+echo '{"table": {"name": "counts from the pod", "dbkey": "hg38", "info": "2 regions"}}' > galaxy.json
     ]]></command>
     <inputs>
         <param name="input" type="data" format="txt" label="input"/>
@@ -64,7 +66,7 @@ printf 'chr1\\t100\\t0.5\\nchr2\\t200\\t1.5\\n' > '$table'
 """
 
 
-class RealGalaxyJob:
+class RealGalaxyJob(harness.RunsPods):
     """A job of TOOL_XML on one input dataset, held in Galaxy's database, run through ferry's runner."""
 
     def __init__(self, s3, base, metadata_strategy="directory", outputs_to_working_directory=True):
@@ -75,7 +77,10 @@ class RealGalaxyJob:
         self.tool = self.new_tool()
         self.session = self.app.model.session
         self.input, self.report, self.table, self.job = self.new_job()
-        self.destination = JobDestination(id="k8s", runner="k8s", params={"docker_enabled": True})
+        # retry_metadata_internally off: metadata comes from Galaxy's set_metadata step or the job fails,
+        # never from finish() computing it again when the step found nothing (Galaxy's default is on).
+        self.destination = JobDestination(id="k8s", runner="k8s",
+                                          params={"docker_enabled": True, "retry_metadata_internally": False})
         self.bucket = harness.session_bucket(s3)
         self.prefix = f"galaxy-real-{self.id}"
         self.kubeconfig = self.base / "kubeconfig"
@@ -99,7 +104,7 @@ class RealGalaxyJob:
         tool_dir = self.base / "galaxy/tools/ferry_report"
         tool_dir.mkdir(parents=True)
         tool_file = tool_dir / "report.xml"
-        tool_file.write_text(TOOL_XML.format(image=podlib.TOOL_IMAGE))
+        tool_file.write_text(TOOL_XML.replace("{image}", podlib.TOOL_IMAGE))
         tool = create_tool_from_source(self.app, get_tool_source(str(tool_file)), config_file=str(tool_file))
         self.app.toolbox = OneToolBox(tool)
         return tool
@@ -172,9 +177,6 @@ class RealGalaxyJob:
         self.ajs = self.runner.monitor_queue.get_nowait()
         assert len(self.api.created) == 1, self.api.created
         return self.api.created[-1]
-
-    def run_pod(self, timeout=60):
-        return harness.GalaxyJob.run_pod(self, timeout=timeout)
 
     def complete(self):
         """Galaxy's monitor sees the Job ended; its worker threads finish the job (metadata, finish)."""
