@@ -53,7 +53,7 @@ tr a-z A-Z < '$input' > '$report.extra_files_path/upper.txt' &&
 printf 'PNG\\001\\000\\377' > '$report.extra_files_path/img/plot.png' &&
 echo '<html><a href="upper.txt">upper</a> <img src="img/plot.png"/></html>' > '$report' &&
 printf 'chr1\\t100\\t0.5\\nchr2\\t200\\t1.5\\n' > '$table' &&
-echo '{"table": {"name": "counts from the pod", "dbkey": "hg38", "info": "2 regions"}}' > galaxy.json
+echo '{"table": {"name": "counts from the pod", "dbkey": "hg38", "info": "2 regions"}}' > galaxy.json{end}
     ]]></command>
     <inputs>
         <param name="input" type="data" format="txt" label="input"/>
@@ -69,12 +69,14 @@ echo '{"table": {"name": "counts from the pod", "dbkey": "hg38", "info": "2 regi
 class RealGalaxyJob(harness.RunsPods):
     """A job of TOOL_XML on one input dataset, held in Galaxy's database, run through ferry's runner."""
 
-    def __init__(self, s3, base, metadata_strategy="directory", outputs_to_working_directory=True):
+    def __init__(self, s3, base, metadata_strategy="directory", outputs_to_working_directory=True, store_by="uuid",
+                 command_end=""):
+        """``command_end``: shell appended to the tool's command (e.g. a failure)."""
         self.base = Path(base)
         self.s3 = s3
         self.id = None
-        self.app = self.new_app(metadata_strategy, outputs_to_working_directory)
-        self.tool = self.new_tool()
+        self.app = self.new_app(metadata_strategy, outputs_to_working_directory, store_by)
+        self.tool = self.new_tool(command_end)
         self.session = self.app.model.session
         self.input, self.report, self.table, self.job = self.new_job()
         # retry_metadata_internally off: metadata comes from Galaxy's set_metadata step or the job fails,
@@ -90,21 +92,21 @@ class RealGalaxyJob(harness.RunsPods):
         self.wrapper = None
         self.ajs = None
 
-    def new_app(self, metadata_strategy, outputs_to_working_directory):
+    def new_app(self, metadata_strategy, outputs_to_working_directory, store_by):
         root = self.base / "galaxy"
         root.mkdir(parents=True)
         # A database file, not :memory:: ferry's stage and collect pools use their own connections.
-        app = GalaxyApp(root=str(root), database_connection=f"sqlite:///{root}/galaxy.sqlite")
+        app = GalaxyApp(root=str(root), database_connection=f"sqlite:///{root}/galaxy.sqlite", store_by=store_by)
         config = app.config
         config.metadata_strategy = metadata_strategy
         config.outputs_to_working_directory = outputs_to_working_directory
         return app
 
-    def new_tool(self):
+    def new_tool(self, command_end):
         tool_dir = self.base / "galaxy/tools/ferry_report"
         tool_dir.mkdir(parents=True)
         tool_file = tool_dir / "report.xml"
-        tool_file.write_text(TOOL_XML.replace("{image}", podlib.TOOL_IMAGE))
+        tool_file.write_text(TOOL_XML.replace("{image}", podlib.TOOL_IMAGE).replace("{end}", command_end))
         tool = create_tool_from_source(self.app, get_tool_source(str(tool_file)), config_file=str(tool_file))
         self.app.toolbox = OneToolBox(tool)
         return tool
@@ -216,7 +218,7 @@ class GalaxyApp(GalaxyDataTestApp):
     """Galaxy's model test app (real SQLAlchemy model and database, disk object store, datatypes) with the
     settings a job handler reads: Galaxy's config schema defaults, except where noted."""
 
-    def __init__(self, root, database_connection):
+    def __init__(self, root, database_connection, store_by="uuid"):
         umask = os.umask(0o022)
         config = GalaxyDataTestConfig(root=root, database_connection=database_connection)
         os.umask(umask)  # GalaxyDataTestConfig leaves the process at 077; Galaxy's own config keeps it
@@ -236,6 +238,7 @@ class GalaxyApp(GalaxyDataTestApp):
             redact_email_in_job_name=False,
             track_jobs_in_database=True,
             config_file=None,
+            object_store_store_by=store_by,  # the disk object store's layout: files/1/2/3/dataset_UUID.dat or files/000/dataset_ID.dat
         )
         for name, option in SCHEMA.items():  # every other option at Galaxy's default
             if name not in config.__dict__:

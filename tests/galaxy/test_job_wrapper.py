@@ -43,10 +43,10 @@ def read(path):
         return f.read()
 
 
-def run_through_ferry(job):
+def run_through_ferry(job, exit_code=0):
     job.submit()
     pod = job.run_pod()
-    assert pod.exit_codes["k8s"] == 0, pod.logs
+    assert pod.exit_codes["k8s"] == exit_code, pod.logs
     return job.complete()
 
 
@@ -86,7 +86,10 @@ def test_a_report_with_extra_files_reaches_galaxy_with_the_directory_metadata_st
     run_through_ferry(job)
 
     assert_galaxy_holds_the_outputs(job)
-    # Set by the metadata step on the handler, after collect, not by finish() (retry_metadata_internally off).
+    # Galaxy's Kubernetes runner sets metadata on the handler, after collect: not in the pod's job script,
+    # and not by finish() itself (retry_metadata_internally off).
+    assert "set_metadata" not in read(job.ajs.job_file).decode() and "set_metadata" in read(
+        os.path.join(job.wrapper.working_directory, "metadata", "set.py")).decode()
     assert metadata_results(job, "report") == metadata_results(job, "table") == [
         True, "Metadata has been set successfully"]
 
@@ -113,3 +116,16 @@ def test_a_report_written_straight_to_the_object_store_reaches_galaxy_with_its_e
     assert_galaxy_holds_the_outputs(job)
     outputs = os.listdir(os.path.join(job.wrapper.working_directory, "outputs"))
     assert sorted(outputs) == ["tool_stderr", "tool_stdout"], "the datasets were written outside the job directory"
+
+
+def test_a_failing_tool_reaches_galaxys_database_as_an_error_with_its_exit_code_and_stderr(s3, tmp_path):
+    job = RealGalaxyJob(s3, tmp_path, command_end=" && echo 'no space left for the plot' >&2 && exit 3")
+
+    run_through_ferry(job, exit_code=3)
+
+    galaxy_job = job.job
+    assert (galaxy_job.state, galaxy_job.exit_code) == (model.Job.states.ERROR, 3)
+    assert galaxy_job.tool_stderr == "no space left for the plot\n"
+    assert job.report.state == job.table.state == model.Dataset.states.ERROR
+    # What the tool wrote before failing still reached Galaxy (the user can look at it).
+    assert read(job.table.get_file_name()) == TABLE
