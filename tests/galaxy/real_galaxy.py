@@ -70,8 +70,9 @@ class RealGalaxyJob(harness.RunsPods):
     """A job of TOOL_XML on one input dataset, held in Galaxy's database, run through ferry's runner."""
 
     def __init__(self, s3, base, metadata_strategy="directory", outputs_to_working_directory=True, store_by="uuid",
-                 command_end=""):
-        """``command_end``: shell appended to the tool's command (e.g. a failure)."""
+                 command_end="", **destination_params):
+        """``command_end``: shell appended to the tool's command (e.g. a failure); ``destination_params``:
+        the k8s destination's params (``k8s_run_as_user_id``...)."""
         self.base = Path(base)
         self.s3 = s3
         self.id = None
@@ -82,7 +83,8 @@ class RealGalaxyJob(harness.RunsPods):
         # retry_metadata_internally off: metadata comes from Galaxy's set_metadata step or the job fails,
         # never from finish() computing it again when the step found nothing (Galaxy's default is on).
         self.destination = JobDestination(id="k8s", runner="k8s",
-                                          params={"docker_enabled": True, "retry_metadata_internally": False})
+                                          params={"docker_enabled": True, "retry_metadata_internally": False,
+                                                  **destination_params})
         self.bucket = harness.session_bucket(s3)
         self.prefix = f"galaxy-real-{self.id}"
         self.kubeconfig = self.base / "kubeconfig"

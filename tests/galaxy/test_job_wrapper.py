@@ -72,6 +72,9 @@ def assert_galaxy_holds_the_outputs(job):
     # From galaxy.json, written by the tool in its working directory in the pod:
     assert (table.name, table.dbkey) == ("counts from the pod", "hg38")
     assert "2 regions" in table.info
+    # Job metrics from files the job script wrote in the pod (__instrument_core_*):
+    metrics = {m.metric_name: m.metric_value for m in galaxy_job.numeric_metrics}
+    assert {"galaxy_slots", "start_epoch", "end_epoch", "runtime_seconds"} <= set(metrics), metrics
 
 
 def metadata_results(job, output):
@@ -129,3 +132,42 @@ def test_a_failing_tool_reaches_galaxys_database_as_an_error_with_its_exit_code_
     assert job.report.state == job.table.state == model.Dataset.states.ERROR
     # What the tool wrote before failing still reached Galaxy (the user can look at it).
     assert read(job.table.get_file_name()) == TABLE
+
+
+@pytest.fixture
+def umask_077():
+    """Galaxy's handler running with umask 077 (Galaxy applies its process umask to the job directory)."""
+    old = os.umask(0o077)
+    yield
+    os.umask(old)
+
+
+def test_with_a_private_umask_a_job_whose_tool_runs_as_a_user_reaches_galaxy(s3, tmp_path, umask_077):
+    # The job directory is 0700 on the handler and in the pod; ferry's containers run as the tool's user
+    # (k8s_run_as_user_id, as galaxy-helm and job_conf.yml set it), so the sidecar reads what the tool wrote.
+    job = RealGalaxyJob(s3, tmp_path, k8s_run_as_user_id="10001", k8s_run_as_group_id="10001")
+    assert job.app.config.umask == 0o077
+
+    run_through_ferry(job)
+
+    assert os.stat(job.wrapper.working_directory).st_mode & 0o777 == 0o700
+    assert_galaxy_holds_the_outputs(job)
+
+
+def test_with_a_private_umask_a_tool_running_as_root_fails_naming_the_directory_ferry_cannot_read(
+        s3, tmp_path, umask_077):
+    # Without k8s_run_as_user_id the tool runs as its image's user (root here) and ferry as 65532: Galaxy's
+    # job script copies working/ (0700) to _working/ as root, which ferry's sidecar cannot list.
+    job = RealGalaxyJob(s3, tmp_path)
+
+    run_through_ferry(job)
+
+    galaxy_job = job.job
+    assert galaxy_job.state == model.Job.states.ERROR
+    working = os.path.join(job.wrapper.working_directory, "_working")
+    assert galaxy_job.info.startswith(f"ferry could not send the job's results to S3 (ferry-sidecar): {working}: ")
+    assert "Permission denied" in galaxy_job.info, galaxy_job.info
+    # Galaxy keeps 255 characters of the info; the stderr it shows has the whole line, with the hint.
+    assert galaxy_job.tool_stderr.startswith(galaxy_job.info), galaxy_job.tool_stderr
+    assert "check the owner and mode (runAsUser/fsGroup)" in galaxy_job.tool_stderr
+    assert job.report.state == job.table.state == model.Dataset.states.ERROR
