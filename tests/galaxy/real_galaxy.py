@@ -1,14 +1,14 @@
 """One Galaxy job through ferry's runner with Galaxy's real job wrapper: no stub between Galaxy and ferry.
 
 ``RealGalaxyJob`` builds what a Galaxy server holds for a job submitted from the tool form: Galaxy's own
-model in a real SQLite database (``galaxy.model.unittest_utils.data_app.GalaxyDataTestApp``, the app of
-Galaxy's own model tests), a disk object store, a tool parsed from XML by ``galaxy.tools.create_tool_from_source``, a history
-with the input dataset, and a ``galaxy.model.Job`` with its input and output associations. The job is
-wrapped in ``galaxy.jobs.JobWrapper`` itself, so the runner uses Galaxy's real ``JobIO`` (input files,
-output paths, extra-files paths), ``JobWrapper.prepare`` (the tool's Cheetah command line), the external
-metadata step of Galaxy's Kubernetes runner (``set_metadata`` run on the handler after ``collect``,
-``directory`` or ``extended`` strategy) and ``JobWrapper.finish`` (outputs, extra files and metadata
-into the database and the object store).
+model in a real SQLite database (``GalaxyApp``, on ``galaxy.model.unittest_utils.data_app.GalaxyDataTestApp``,
+the app of Galaxy's model tests), a disk object store, a tool parsed from XML by
+``galaxy.tools.create_tool_from_source``, a history with the input dataset, and a ``galaxy.model.Job`` with
+its input and output associations. The job is wrapped in ``galaxy.jobs.JobWrapper`` itself and queued by
+its own ``enqueue``, so the runner uses Galaxy's real ``JobIO`` (input files, output paths, extra-files
+paths), ``JobWrapper.prepare`` (the tool's Cheetah command line), the metadata step of Galaxy's Kubernetes
+runner (``set_metadata`` run on the handler after ``collect``, ``directory`` or ``extended`` strategy) and
+``JobWrapper.finish`` (outputs, extra files and metadata into the database and the object store).
 
 Only the cluster is replaced: the Kubernetes API is ``kube.FakeKubernetesApi`` and the Job's pod runs in
 podman against the S3 server, as in ``harness.GalaxyJob``.
@@ -23,10 +23,10 @@ from types import SimpleNamespace
 from galaxy import model
 from galaxy.config import GALAXY_CONFIG_SCHEMA_PATH
 from galaxy.config.schema import AppSchema
-from galaxy.model.unittest_utils.data_app import GalaxyDataTestApp, GalaxyDataTestConfig
 from galaxy.job_metrics import JobMetrics
 from galaxy.jobs import JobConfigurationLimits, JobWrapper
 from galaxy.jobs.job_destination import JobDestination
+from galaxy.model.unittest_utils.data_app import GalaxyDataTestApp, GalaxyDataTestConfig
 from galaxy.quota import NoQuotaAgent
 from galaxy.tool_util.deps.containers import ContainerFinder
 from galaxy.tool_util.deps.dependencies import AppInfo
@@ -190,7 +190,6 @@ class RealGalaxyJob(harness.RunsPods):
         return self.job
 
 
-
 class OneToolBox:
     """The toolbox of a Galaxy with one tool: what JobWrapper asks (tool_for_job)."""
 
@@ -211,6 +210,7 @@ class HandlerQueue:
     def __init__(self, app):
         self.app = app
         self.dispatcher = SimpleNamespace(url_to_destination=None)
+
 
 SCHEMA = AppSchema(GALAXY_CONFIG_SCHEMA_PATH, "galaxy").app_schema
 DATATYPES_CONF = os.path.join(os.path.dirname(GALAXY_CONFIG_SCHEMA_PATH), "..", "sample", "datatypes_conf.xml.sample")
@@ -240,7 +240,7 @@ class GalaxyApp(GalaxyDataTestApp):
             redact_email_in_job_name=False,
             track_jobs_in_database=True,
             config_file=None,
-            object_store_store_by=store_by,  # the disk object store's layout: files/1/2/3/dataset_UUID.dat or files/000/dataset_ID.dat
+            object_store_store_by=store_by,  # files/1/2/3/dataset_UUID.dat, or files/000/dataset_ID.dat
         )
         for name, option in SCHEMA.items():  # every other option at Galaxy's default
             if name not in config.__dict__:

@@ -134,6 +134,18 @@ def test_a_failing_tool_reaches_galaxys_database_as_an_error_with_its_exit_code_
     assert read(job.table.get_file_name()) == TABLE
 
 
+def test_with_store_by_id_the_extra_files_written_under_the_uuid_name_reach_galaxy(s3, tmp_path):
+    # Older instances keep files/000/dataset_ID.dat; in the job directory the tool still writes
+    # outputs/dataset_UUID_files (Galaxy's path rewriter), which is where finish() collects them from.
+    job = RealGalaxyJob(s3, tmp_path, store_by="id")
+
+    run_through_ferry(job)
+
+    assert_galaxy_holds_the_outputs(job)
+    assert os.path.basename(job.report.extra_files_path) == f"dataset_{job.report.dataset.id}_files"
+    written = os.path.join(job.wrapper.working_directory, "outputs", f"dataset_{job.report.dataset.uuid}_files")
+    assert files_under(written) == REPORT_FILES, "brought back from the pod where the tool wrote them"
+
 @pytest.fixture
 def umask_077():
     """Galaxy's handler running with umask 077 (Galaxy applies its process umask to the job directory)."""
