@@ -30,7 +30,40 @@ class PodRun:
     pod: dict = None  # the Pod with the status the kubelet would report
 
 
-class GalaxyJob:
+class RunsPods:
+    """The cluster side of a job the runner submitted: its Job's pod run by podman. Needs ``id``, ``base``,
+    ``api`` (the FakeKubernetesApi the runner POSTed to) and ``ajs`` (the runner's job state)."""
+
+    def run_pod(self, timeout=60, init_fails=False, host_paths=None, pod_changes=None):
+        """The Job's pod, run to its end by podman; always removed. ``host_paths``: {claimName: directory}
+        for the Job's persistentVolumeClaim volumes (podman has no PVCs), see ``claims_as_host_paths``."""
+        name = f"gxy-{self.id}-{uuid.uuid4().hex[:6]}"
+        pod = podlib.for_podman(podlib.pod_from_job(self.api.created[-1], name))
+        if host_paths:
+            claims_as_host_paths(pod, host_paths)
+        if pod_changes:
+            pod_changes(pod)
+        pod_yaml = self.base / f"{name}.yaml"
+        pod_yaml.write_text(yaml.safe_dump(pod))
+        p = podlib.Pod(pod_yaml)
+        run = PodRun(play_rc=0)
+        try:
+            run.play_rc = p.start()
+            if init_fails:
+                assert run.play_rc != 0, "kube play reports a failed init container"
+            else:
+                assert run.play_rc == 0, p.play.stderr + "".join(p.logs(c) for c in p.init_names)
+                run.exit_codes = p.wait(timeout=timeout)
+            for c in p.init_names + p.names:
+                run.logs[c] = p.logs(c)
+            run.pod = kube.pod_status(pod, name)
+        finally:
+            p.down()
+        self.api.job_ended(self.ajs.job_id, run.pod)
+        return run
+
+
+class GalaxyJob(RunsPods):
     """A job with one input dataset (file, metadata file, extra-files directory) and one output."""
 
     def __init__(self, s3, base, outputs_to_working_directory=True, tool_version="1.0", runner_params=None,
@@ -128,34 +161,6 @@ class GalaxyJob:
         self.wrapper.get_job().state = "running"
         self.runner.recover(self.wrapper.get_job(), self.wrapper)
         self.ajs = self.runner.monitor_queue.get_nowait()
-
-    def run_pod(self, timeout=60, init_fails=False, host_paths=None, pod_changes=None):
-        """The Job's pod, run to its end by podman; always removed. ``host_paths``: {claimName: directory}
-        for the Job's persistentVolumeClaim volumes (podman has no PVCs), see ``claims_as_host_paths``."""
-        name = f"gxy-{self.id}-{uuid.uuid4().hex[:6]}"
-        pod = podlib.for_podman(podlib.pod_from_job(self.api.created[-1], name))
-        if host_paths:
-            claims_as_host_paths(pod, host_paths)
-        if pod_changes:
-            pod_changes(pod)
-        pod_yaml = self.base / f"{name}.yaml"
-        pod_yaml.write_text(yaml.safe_dump(pod))
-        p = podlib.Pod(pod_yaml)
-        run = PodRun(play_rc=0)
-        try:
-            run.play_rc = p.start()
-            if init_fails:
-                assert run.play_rc != 0, "kube play reports a failed init container"
-            else:
-                assert run.play_rc == 0, p.play.stderr + "".join(p.logs(c) for c in p.init_names)
-                run.exit_codes = p.wait(timeout=timeout)
-            for c in p.init_names + p.names:
-                run.logs[c] = p.logs(c)
-            run.pod = kube.pod_status(pod, name)
-        finally:
-            p.down()
-        self.api.job_ended(self.ajs.job_id, run.pod)
-        return run
 
     def complete(self):
         """Galaxy's monitor sees the Job ended; its worker threads finish or fail the job."""
