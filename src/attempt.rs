@@ -4,7 +4,8 @@
 //!
 //! In S3, under `jobs/<id>/attempts/<n>/`: `claim.json` (written once, `If-None-Match: *`, by the
 //! first ferry container of the pod that needs a number: init, or the sidecar when init never
-//! ran), `workdir/…` (the workdir files the attempt changed) and `done.json` (written last).
+//! ran), `workdir/…` (the workdir files the attempt changed) and `done.json` (written last); its
+//! outputs under `outputs/<id>/<n>/…`, keys no other attempt writes.
 //! In the pod, a small state directory shared by init and the sidecar only (an emptyDir of its
 //! own, `FERRY_STATE_DIR`) holds `attempt.json`: the number, and whether init completed.
 
@@ -162,6 +163,13 @@ pub fn workdir_key(job: &Job, n: u32) -> String {
 pub fn packs_key(job: &Job, n: u32) -> String {
     let m = &job.manifest;
     format!("{}/packs", manifest::attempt_key(&m.prefix, &m.job_id, n))
+}
+
+/// Where attempt `n` uploads the output declared at `abs` (its own key: see
+/// [`manifest::outputs_key`]).
+pub fn output_key(job: &Job, n: u32, abs: &str) -> String {
+    let m = &job.manifest;
+    manifest::output_key(&m.prefix, &m.job_id, n, abs)
 }
 
 /// Attempt `n`'s completion record.

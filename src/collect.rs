@@ -244,9 +244,18 @@ fn check(job: &Job, done: &Done, attempt: u32) -> std::result::Result<(), String
     let packs = attempt::packs_key(job, attempt);
     crate::manifest::check_packs(&done.changed, &done.packs, &packs)?;
     for o in &done.outputs {
-        if !m.outputs.iter().any(|d| d.path == o.path && d.key == o.key) {
+        if !m.outputs.iter().any(|d| d.path == o.path) {
             return Err(format!(
-                "output `{}` ({}) is not one the manifest declares",
+                "output `{}` is not one the manifest declares",
+                o.path
+            ));
+        }
+        // Only attempt `n` writes its own keys: what collect verifies or links stays as it is.
+        let own = attempt::output_key(job, attempt, &o.path);
+        if o.key != own {
+            return Err(format!(
+                "output `{}` is recorded at {}, not at attempt {attempt}'s own key {own} \
+                 (a done.json of another ferry version? use one version on the head and in the image)",
                 o.path, o.key
             ));
         }

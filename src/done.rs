@@ -5,8 +5,9 @@ use crate::store::Requests;
 use serde::{Deserialize, Serialize};
 
 /// 2: per-attempt records (`jobs/<id>/attempts/<n>/done.json`), `attempt`, `mode_changes`,
-/// `failed_outputs`, reason `init-failed`.
-pub const VERSION: u32 = 2;
+/// `failed_outputs`, reason `init-failed`. 3: each attempt's outputs under its own keys
+/// (`outputs/<id>/<n>/…`) instead of the shared `data/…`.
+pub const VERSION: u32 = 3;
 
 /// Why the tool ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,7 +73,8 @@ pub struct Done {
     pub packs: Vec<Pack>,
     pub deleted: Vec<String>,
     pub mode_changes: Vec<ModeChange>,
-    /// Outputs found and uploaded (file, or directory with its files).
+    /// Outputs found and uploaded (file, or directory with its files), each under the attempt's
+    /// own key `outputs/<id>/<n>/<path>`.
     pub outputs: Vec<Dataset>,
     /// Declared outputs the job did not write.
     pub missing_outputs: Vec<String>,

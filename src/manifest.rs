@@ -182,6 +182,21 @@ pub fn data_key(prefix: &str, abs: &str) -> String {
     join_key(&[prefix, "data", abs.trim_start_matches('/')])
 }
 
+/// `outputs/<id>/<n>`: where attempt `n` of a job uploads its outputs. Only that attempt's
+/// sidecar writes below it, so no other attempt (a straggling older pod) and no other job can
+/// change an output once `collect` verified or linked it.
+pub fn outputs_key(prefix: &str, job_id: &str, attempt: u32) -> String {
+    join_key(&[prefix, "outputs", job_id, &attempt.to_string()])
+}
+
+/// `outputs/<id>/<n>/<absolute path without its leading slash>`: attempt `n`'s copy of an output.
+pub fn output_key(prefix: &str, job_id: &str, attempt: u32, abs: &str) -> String {
+    join_key(&[
+        &outputs_key(prefix, job_id, attempt),
+        abs.trim_start_matches('/'),
+    ])
+}
+
 /// `refs/<absolute path without its leading slash>`.
 pub fn refs_key(prefix: &str, abs: &str) -> String {
     join_key(&[prefix, "refs", abs.trim_start_matches('/')])
@@ -736,6 +751,10 @@ pub(crate) mod tests {
     fn keys_map_absolute_paths_under_data_and_refs() {
         assert_eq!(data_key("p", "/srv/a b/ü.dat"), "p/data/srv/a b/ü.dat");
         assert_eq!(data_key("", "/srv/x"), "data/srv/x");
+        assert_eq!(
+            output_key("p", "42", 3, "/srv/out.dat"),
+            "p/outputs/42/3/srv/out.dat"
+        );
         assert_eq!(refs_key("p/q", "/ref/hg38.fa"), "p/q/refs/ref/hg38.fa");
         assert_eq!(done_key("", "7"), "jobs/7/done.json");
         assert_eq!(

@@ -30,8 +30,9 @@ pub fn real_roots(job: &Job) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Reads output `o`; every problem with what the job left there is a [`Found::Failed`].
-pub fn read(job: &Job, o: &Output, roots: &[PathBuf]) -> Found {
+/// Reads output `o`, to be uploaded under `key` (the attempt's own); every problem with what the
+/// job left there is a [`Found::Failed`].
+pub fn read(job: &Job, o: &Output, key: String, roots: &[PathBuf]) -> Found {
     let local = job.local(&o.path);
     if std::fs::symlink_metadata(&local).is_err() {
         return Found::Missing;
@@ -46,7 +47,7 @@ pub fn read(job: &Job, o: &Output, roots: &[PathBuf]) -> Found {
     };
     let mut dataset = Dataset {
         path: o.path.clone(),
-        key: o.key.clone(),
+        key,
         kind: Kind::File,
         size: 0,
         mode: meta.permissions().mode() & 0o7777,
@@ -55,7 +56,7 @@ pub fn read(job: &Job, o: &Output, roots: &[PathBuf]) -> Found {
         files: vec![],
     };
     if meta.is_file() {
-        return match file(&real, o.key.clone()) {
+        return match file(&real, dataset.key.clone()) {
             Ok((size, crc, upload)) => {
                 dataset.size = size;
                 dataset.crc64nvme = Some(crc);
@@ -70,7 +71,7 @@ pub fn read(job: &Job, o: &Output, roots: &[PathBuf]) -> Found {
             real.display()
         ));
     }
-    match directory(&real, &o.key, roots) {
+    match directory(&real, &dataset.key, roots) {
         Ok((files, uploads)) => {
             dataset.kind = Kind::Dir;
             dataset.size = files.iter().map(|f| f.size).sum();

@@ -319,7 +319,8 @@ struct Outputs {
     failed: Vec<FailedOutput>,
 }
 
-fn read_outputs(job: &Job) -> Outputs {
+/// Reads the declared outputs for attempt `n`, each to go under the attempt's own key.
+fn read_outputs(job: &Job, n: u32) -> Outputs {
     let roots = output::real_roots(job);
     let mut out = Outputs {
         found: vec![],
@@ -328,7 +329,7 @@ fn read_outputs(job: &Job) -> Outputs {
         failed: vec![],
     };
     for o in &job.manifest.outputs {
-        match output::read(job, o, &roots) {
+        match output::read(job, o, attempt::output_key(job, n, &o.path), &roots) {
             Found::Missing => out.missing.push(o.path.clone()),
             Found::Failed(error) => {
                 tracing::error!("output {}: {error}", o.path);
@@ -359,8 +360,9 @@ async fn upload_results(
 ) -> Result<Option<Done>> {
     let started = Instant::now();
     let changes = workdir_changes(job)?;
-    let outputs = read_outputs(job);
-    // Outputs share their keys with every attempt: a superseded attempt must not overwrite them.
+    let outputs = read_outputs(job, n);
+    // Each attempt has its own output keys, so a straggler never changes a newer attempt's
+    // results; it still sends nothing once it knows it was superseded.
     if attempt::exists(job, n + 1).await? {
         tracing::warn!(
             job = %job.manifest.job_id,

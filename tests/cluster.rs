@@ -336,11 +336,54 @@ async fn a_superseded_attempt_uploads_nothing_and_writes_no_done_json() {
     let log = job.sidecar(1, &["--quiet-ms", "100"]).finished();
     assert!(log.contains("attempt 2 of this job exists"), "{log}");
     assert!(job.done(1).await.is_none());
-    let out_key = format!("p/data{}/d/out.dat", job.head.to_str().unwrap());
+    let out_key = format!("p/outputs/1/1{}/d/out.dat", job.head.to_str().unwrap());
     assert!(
         get(&job.bucket, &out_key).await.is_none(),
         "no stale output"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_straggling_attempt_never_changes_the_outputs_a_newer_attempt_delivered() {
+    let job = staged("straggler").await;
+    let h = job.head.to_str().unwrap().to_string();
+    // Attempt 1 runs its tool and its sidecar, which passes its "am I superseded?" check...
+    ok(job.init(1));
+    write(&job.in_pod(1, "d/out.dat"), b"stale bytes of attempt 1");
+    write(&job.in_pod(1, "w/job/galaxy_1.ec"), b"0\n");
+    // ...and attempt 2 is claimed, runs and is collected before attempt 1's upload lands.
+    ok(job.init(2));
+    write(&job.in_pod(2, "d/out.dat"), b"attempt 2");
+    write(&job.in_pod(2, "w/job/galaxy_1.ec"), b"0\n");
+    job.sidecar(2, &["--quiet-ms", "100"]).finished();
+    let o = job.collect("10");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let delivered = format!("p/outputs/1/2{h}/d/out.dat");
+    assert_eq!(job.done(2).await.unwrap()["outputs"][0]["key"], delivered);
+    assert_eq!(get(&job.bucket, &delivered).await.unwrap(), b"attempt 2");
+
+    // Attempt 1's sidecar looked for attempt 2 before it was claimed (here: its claim is out
+    // of sight while attempt 1 runs) and so sends everything, after collect.
+    let claim2 = "p/jobs/1/attempts/2/claim.json";
+    let claim = get(&job.bucket, claim2).await.unwrap();
+    delete(&job.bucket, claim2).await;
+    job.sidecar(1, &["--quiet-ms", "100"]).finished();
+    put(&job.bucket, claim2, &claim).await;
+    let own = format!("p/outputs/1/1{h}/d/out.dat");
+    assert_eq!(job.done(1).await.unwrap()["outputs"][0]["key"], own);
+    assert_eq!(
+        get(&job.bucket, &own).await.unwrap(),
+        b"stale bytes of attempt 1",
+        "the straggler did upload, under its own key"
+    );
+    assert_eq!(
+        get(&job.bucket, &delivered).await.unwrap(),
+        b"attempt 2",
+        "the bytes collect delivered are untouched"
+    );
+    let o = job.collect("10");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(fs::read(job.head.join("d/out.dat")).unwrap(), b"attempt 2");
 }
 
 #[tokio::test(flavor = "multi_thread")]

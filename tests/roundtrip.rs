@@ -294,7 +294,7 @@ async fn collect_can_link_outputs_into_an_s3_mount_instead_of_downloading() {
     fs::rename(&away, &base).unwrap();
     // What a read-only mount of the bucket (mountpoint-s3, s3fs) shows: every object at MOUNT/<key>.
     let mount = tmp.path().join("mnt");
-    let key = format!("p/data{out}");
+    let key = format!("p/outputs/3/1{out}");
     write(&mount.join(&key), &get(&bucket, &key).await.unwrap());
     ok(ferry(&[
         "collect",

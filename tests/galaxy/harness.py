@@ -169,6 +169,11 @@ class GalaxyJob(RunsPods):
         assert len(self.wrapper.outcomes) == 1, self.wrapper.outcomes
         return self.wrapper.outcomes[0]
 
+    def output_key(self, attempt=1):
+        """The S3 key of the output as attempt ``attempt`` of the job's pod uploaded it."""
+        ferry_job_id = self.ajs.ferry_manifest_url.split("/jobs/")[1].split("/")[0]
+        return f"{self.prefix}/outputs/{ferry_job_id}/{attempt}{self.output}"
+
     def oom_detected(self):
         """Galaxy's own OOM check (reads containerStatuses[0] of the job's pod)."""
         assert self.ajs.job_id in self.api.pods, "no pod to check: it ran and has not been cleaned up yet"

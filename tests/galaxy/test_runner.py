@@ -114,7 +114,7 @@ def test_results_that_cannot_be_brought_back_reach_galaxy_as_a_failure_never_as_
     job.submit("sh {tool_dir}/upper.sh {input} {output}")
     pod = job.run_pod()
     assert pod.exit_codes["k8s"] == 0, pod.logs
-    s3.client().delete_object(Bucket=job.bucket, Key=f"{job.prefix}/data{job.output}")  # lost after the pod
+    s3.client().delete_object(Bucket=job.bucket, Key=job.output_key())  # lost after the pod
 
     outcome = job.complete()
 

@@ -1,17 +1,26 @@
 """ferry_link_outputs_under against a real FUSE mount of the bucket (Debian's s3fs, read-only): collect
 makes each output a symlink into the mount, Galaxy reads the output through it, and an object removed
 later from S3 is gone from the mount too: after at most a moment in which s3fs 1.90 shows it empty (measured:
-one read of b"" right after the delete), the dataset reads as missing; its old bytes never come back."""
+one read of b"" right after the delete), the dataset reads as missing; its old bytes never come back.
+Each attempt of a job uploads its outputs under its own keys, so an older attempt still uploading after
+collect linked a newer one's output never changes the bytes behind the link."""
 
+import os
 import shutil
 import subprocess
+import sys
+import threading
 import time
+import uuid
 
 import pytest
 from galaxy.tool_util.output_checker import DETECTED_JOB_STATE
 
 import podlib
 from harness import GalaxyJob, session_bucket
+
+sys.path.insert(0, str(podlib.REPO / "tests/faults"))
+from proxy import Proxy  # noqa: E402
 
 
 @pytest.fixture
@@ -43,10 +52,10 @@ def test_outputs_come_back_as_symlinks_into_an_s3fs_mount_and_galaxy_reads_them(
     outcome = job.complete()
 
     assert (outcome.call, outcome.detected_state) == ("finish", DETECTED_JOB_STATE.OK)
-    target = mount / f"{job.prefix}/data{job.output}"
+    target = mount / job.output_key()
     assert job.output.is_symlink() and job.output.readlink() == target
     assert job.wrapper.metadata_saw == {str(job.output): b"ACGT\nTTGA\n"}, "Galaxy's metadata step read it"
-    s3.client().delete_object(Bucket=job.bucket, Key=f"{job.prefix}/data{job.output}")
+    s3.client().delete_object(Bucket=job.bucket, Key=job.output_key())
     reads = []
     deadline = time.time() + 30
     while job.output.exists():  # s3fs and the kernel may answer from a cache for a moment
@@ -56,3 +65,63 @@ def test_outputs_come_back_as_symlinks_into_an_s3fs_mount_and_galaxy_reads_them(
     assert b"ACGT\nTTGA\n" not in reads, "the removed output was never read back with its old bytes"
     with pytest.raises(FileNotFoundError):
         job.output.read_bytes()
+
+
+class HoldOutputUploads:
+    """A proxy plan that holds every PUT of an output object until released (the request is forwarded
+    then, unchanged): a sidecar caught between its "am I superseded?" check and its upload."""
+
+    def __init__(self):
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+
+    def pick(self, method, path):
+        if method == "PUT" and "/outputs/" in path:
+            self.arrived.set()
+            assert self.release.wait(120), "never released"
+        return None
+
+
+def test_a_straggling_older_attempt_never_changes_the_bytes_behind_a_linked_output(s3, tmp_path, mount):
+    bucket, prefix = session_bucket(s3), f"straggler-{uuid.uuid4().hex[:8]}"
+    head = tmp_path / "head"
+    workdir, out = head / "jobs/7", head / "files/dataset_9.dat"
+    workdir.mkdir(parents=True)
+    out.parent.mkdir()
+    (workdir / "tool.sh").write_text("echo run\n")
+    url = podlib.ferry(s3, "stage", "--url", f"s3://{bucket}/{prefix}", "--job-id", "7", "--workdir", workdir,
+                       "--output", out).stdout.strip()
+
+    def pod(n, output, endpoint=None):
+        """Attempt n: ferry init in its own root and state directory, the tool's output and exit code, and
+        the sidecar's command and environment."""
+        root, state = tmp_path / f"pod{n}", tmp_path / f"state{n}"
+        env = {**os.environ, **s3.env(), "FERRY_STATE_DIR": str(state)}
+        subprocess.run([podlib.FERRY, "init", "--manifest", url, "--root", root], env=env, check=True,
+                       capture_output=True)
+        (root / str(out).lstrip("/")).write_bytes(output)
+        (root / str(workdir).lstrip("/") / "galaxy_7.ec").write_text("0\n")
+        env["AWS_ENDPOINT_URL"] = endpoint or s3.endpoint
+        return [podlib.FERRY, "sidecar", "--manifest", url, "--root", root, "--quiet-ms", "100"], env
+
+    plan = HoldOutputUploads()
+    with Proxy(s3.endpoint, plan=plan) as proxy:
+        cmd, env = pod(1, b"attempt 1: never verified\n", proxy.endpoint)
+        straggler = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            assert plan.arrived.wait(60), "attempt 1's sidecar never started its output upload"
+            cmd, env = pod(2, b"attempt 2: verified\n")  # the Job controller's retry
+            subprocess.run(cmd, env=env, check=True, capture_output=True)
+            podlib.ferry(s3, "collect", "--manifest", url, "--wait", "30", "--link-outputs-under", mount)
+            linked = mount / f"{prefix}/outputs/7/2{out}"
+            assert out.readlink() == linked and out.read_bytes() == b"attempt 2: verified\n"
+        finally:
+            plan.release.set()
+            _, log = straggler.communicate(timeout=60)
+    assert straggler.returncode == 0, log
+
+    own = s3.client().get_object(Bucket=bucket, Key=f"{prefix}/outputs/7/1{out}")["Body"].read()
+    assert own == b"attempt 1: never verified\n", "the straggler did upload, after collect, under its own key"
+    assert out.read_bytes() == b"attempt 2: verified\n", "the linked output still reads the verified bytes"
+    status = podlib.ferry(s3, "status", "--manifest", url).stdout
+    assert "attempt=2 exit=0" in status, status

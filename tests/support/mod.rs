@@ -179,6 +179,17 @@ pub async fn put(bucket: &str, key: &str, body: &[u8]) {
         .unwrap();
 }
 
+pub async fn delete(bucket: &str, key: &str) {
+    client()
+        .await
+        .delete_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+}
+
 pub async fn keys(bucket: &str) -> Vec<String> {
     let out = client()
         .await
