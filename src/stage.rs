@@ -51,10 +51,13 @@ pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<Str
         SumCache::new(a.checksum_cache.as_deref())
     });
     tracing::info!(job = %a.job_id, "stage: reading {workdir} and {} inputs, {} indices", inputs.len(), indices.len());
+    // What stage was given, as real paths: the only places a symlink inside a staged directory
+    // may lead to.
+    let given = real_paths(inputs.iter().chain(&indices))?;
     let datasets_in = |paths: &[String], key: fn(&str, &str) -> String| {
         paths
             .iter()
-            .map(|p| dataset_cached(p, &key(&prefix, p), &sums))
+            .map(|p| dataset_cached(p, &key(&prefix, p), &sums, &given))
             .collect::<Result<Vec<_>>>()
     };
     let inputs = datasets_in(&inputs, manifest::data_key)?;
@@ -282,41 +285,11 @@ pub fn dataset_uploads<'a>(datasets: impl Iterator<Item = &'a Dataset>) -> Vec<U
     out
 }
 
-/// A dataset from a local path: a file (symlinks followed: a dataset is its content) or a directory.
-pub fn dataset(path: &str, key: &str) -> Result<Dataset> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "stat dataset", e))?;
-    if meta.is_dir() {
-        let files = tree::scan(Path::new(path), &|_, _, _| true)?;
-        let size = files.iter().map(|f| f.size).sum();
-        let mode = meta.permissions().mode() & 0o7777;
-        let mtime_ns = transfer::mtime_ns(&meta);
-        return Ok(Dataset {
-            path: path.into(),
-            key: key.into(),
-            kind: Kind::Dir,
-            size,
-            mode,
-            mtime_ns,
-            crc64nvme: None,
-            files,
-        });
-    }
-    let (size, mode, mtime_ns, crc) = tree::file_entry(Path::new(path))?;
-    Ok(Dataset {
-        path: path.into(),
-        key: key.into(),
-        kind: Kind::File,
-        size,
-        mode,
-        mtime_ns,
-        crc64nvme: Some(crc),
-        files: vec![],
-    })
-}
-
 /// A dataset for staging: its checksum from the checksum cache when the cache still vouches
-/// for it, otherwise left empty (the upload reads the file once and learns it).
-fn dataset_cached(path: &str, key: &str, sums: &SumCache) -> Result<Dataset> {
+/// for it, otherwise left empty (the upload reads the file once and learns it). A path given
+/// to stage is followed if it is a symlink (the operator named it); symlinks inside a directory
+/// are resolved by [`resolve_links`] against `given`.
+fn dataset_cached(path: &str, key: &str, sums: &SumCache, given: &[PathBuf]) -> Result<Dataset> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "stat dataset", e))?;
     let cached = |p: &Path| -> Result<Option<String>> {
         let f = std::fs::File::open(p).map_err(|e| Error::io(p, "open", e))?;
@@ -325,6 +298,7 @@ fn dataset_cached(path: &str, key: &str, sums: &SumCache) -> Result<Dataset> {
     };
     if meta.is_dir() {
         let mut files = tree::scan(Path::new(path), &|_, _, _| false)?;
+        resolve_links(Path::new(path), &mut files, given)?;
         for f in files.iter_mut().filter(|f| f.kind == Kind::File) {
             f.crc64nvme = cached(&Path::new(path).join(&f.path))?;
         }
@@ -349,6 +323,62 @@ fn dataset_cached(path: &str, key: &str, sums: &SumCache) -> Result<Dataset> {
         crc64nvme: cached(Path::new(path))?,
         files: vec![],
     })
+}
+
+/// The real paths of what stage was given (`--input`, `--index`).
+fn real_paths<'a>(paths: impl Iterator<Item = &'a String>) -> Result<Vec<PathBuf>> {
+    paths
+        .map(|p| std::fs::canonicalize(p).map_err(|e| Error::io(p, "resolve dataset", e)))
+        .collect()
+}
+
+/// The symlinks of a staged directory, by the rule the sidecar applies to outputs: followed only
+/// into what stage was given (`given`: real paths). A link to a file there is staged as that
+/// file's bytes; a link to a directory there stays a link (its target is staged too). A link
+/// that leads anywhere else, or nowhere, is refused naming it: the head never uploads a file
+/// it was not given (`/etc/shadow`, a user's home), and the pod never gets a dangling link.
+fn resolve_links(dir: &Path, files: &mut [Entry], given: &[PathBuf]) -> Result<()> {
+    for f in files.iter_mut().filter(|f| f.kind == Kind::Symlink) {
+        let link = dir.join(&f.path);
+        let refuse = |why: String| {
+            Error::unsafe_path(
+                link.display().to_string(),
+                format!(
+                    "{why}; ferry stages only what it is given: remove the link, or give its \
+                     target to stage as well"
+                ),
+            )
+        };
+        let target = f.target.clone().unwrap_or_default();
+        let real = std::fs::canonicalize(&link).map_err(|e| {
+            refuse(format!(
+                "a symlink to {target} that cannot be resolved ({e})"
+            ))
+        })?;
+        if !given.iter().any(|g| real.starts_with(g)) {
+            return Err(refuse(format!(
+                "a symlink to {}, outside everything given to stage",
+                real.display()
+            )));
+        }
+        let meta = std::fs::metadata(&real).map_err(|e| Error::io(&real, "stat", e))?;
+        if meta.is_dir() {
+            continue;
+        }
+        if !meta.is_file() {
+            return Err(refuse(format!(
+                "a symlink to {}, which is not a regular file",
+                real.display()
+            )));
+        }
+        f.kind = Kind::File;
+        f.target = None;
+        f.size = meta.len();
+        f.mode = meta.permissions().mode() & 0o7777;
+        f.mtime_ns = transfer::mtime_ns(&meta);
+        f.crc64nvme = None;
+    }
+    Ok(())
 }
 
 /// `--index` paths the pod reads from one of its own mounts (`--pod-mount`) are not staged.

@@ -360,3 +360,71 @@ async fn a_server_that_accepts_and_never_answers_fails_the_request_instead_of_ha
         "bounded by the attempt timeout, not by a hang"
     );
 }
+
+/// A reference directory given whole to `stage --index`, with a symlink planted in it.
+fn reference_dir_with(tmp: &std::path::Path, link: &str, target: &std::path::Path) -> PathBuf {
+    let refs = tmp.join("refs/hg38");
+    fs::create_dir_all(&refs).unwrap();
+    fs::create_dir_all(tmp.join("w/job")).unwrap();
+    fs::write(refs.join("hg38.fa"), b">chr1\nACGT\n").unwrap();
+    std::os::unix::fs::symlink(target, refs.join(link)).unwrap();
+    refs
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stage_refuses_a_symlink_in_a_staged_directory_that_leads_outside_and_uploads_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("home/user/.ssh/id_rsa");
+    fs::create_dir_all(secret.parent().unwrap()).unwrap();
+    fs::write(&secret, b"PRIVATE KEY").unwrap();
+    let outside_dir = tmp.path().join("home/user");
+    for (link, target) in [("hg38.fa.amb", &secret), ("more", &outside_dir)] {
+        let base = tmp.path().join(link);
+        let refs = reference_dir_with(&base, link, target);
+        let bucket = bucket("stage-link-out").await;
+        let o = ferry(&[
+            "stage",
+            "--url",
+            &format!("s3://{bucket}/p"),
+            "--job-id",
+            "1",
+            "--workdir",
+            base.join("w/job").to_str().unwrap(),
+            "--index",
+            refs.to_str().unwrap(),
+        ]);
+        assert_eq!(code(&o), 3, "{}", stderr(&o));
+        let link_path = refs.join(link);
+        one_line_error(
+            &o,
+            &[
+                link_path.to_str().unwrap(),
+                target.to_str().unwrap(),
+                "outside everything given to stage",
+                "remove the link",
+            ],
+        );
+        assert_eq!(
+            keys(&bucket).await,
+            Vec::<String>::new(),
+            "nothing uploaded"
+        );
+    }
+    // A dangling link would be a broken file in the pod: refused the same way.
+    let base = tmp.path().join("dangling");
+    let refs = reference_dir_with(&base, "gone.fa", &base.join("nowhere"));
+    let bucket = bucket("stage-link-dangling").await;
+    let o = ferry(&[
+        "stage",
+        "--url",
+        &format!("s3://{bucket}/p"),
+        "--job-id",
+        "1",
+        "--workdir",
+        base.join("w/job").to_str().unwrap(),
+        "--index",
+        refs.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    one_line_error(&o, &["gone.fa", "cannot be resolved"]);
+}

@@ -306,3 +306,59 @@ async fn collect_can_link_outputs_into_an_s3_mount_instead_of_downloading() {
     assert_eq!(fs::read_link(&out).unwrap(), mount.join(&key));
     assert_eq!(fs::read(&out).unwrap(), b"result");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn symlinks_inside_a_staged_directory_reach_the_pod_as_what_they_point_to_inside_it() {
+    let bucket = bucket("stage-links-in").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("h");
+    let refs = base.join("refs");
+    write(&refs.join("hg38/seq/hg38.fa"), b">chr1\nACGT\n");
+    write(&refs.join("shared/hg38.fa.fai"), b"chr1\t4\n");
+    write(&base.join("w/job/run.sh"), b"echo hi\n");
+    let index = refs.join("hg38/bwa");
+    fs::create_dir_all(&index).unwrap();
+    // Data managers link index files to the sequence they index, and directories to versions.
+    std::os::unix::fs::symlink("../seq/hg38.fa", index.join("hg38.fa")).unwrap();
+    std::os::unix::fs::symlink(refs.join("shared/hg38.fa.fai"), index.join("hg38.fa.fai")).unwrap();
+    std::os::unix::fs::symlink("../seq", index.join("current")).unwrap();
+    let b = base.to_str().unwrap();
+    let url = ok(ferry(&[
+        "stage",
+        "--url",
+        &format!("s3://{bucket}/p"),
+        "--job-id",
+        "4",
+        "--workdir",
+        &format!("{b}/w/job"),
+        "--index",
+        &format!("{b}/refs/hg38"),
+        "--index",
+        &format!("{b}/refs/shared"),
+    ]));
+    let pod = tmp.path().join("pod");
+    ok(ferry(&[
+        "init",
+        "--manifest",
+        &url,
+        "--root",
+        pod.to_str().unwrap(),
+    ]));
+    let in_pod = pod.join(index.strip_prefix("/").unwrap());
+    for (name, bytes) in [
+        ("hg38.fa", &b">chr1\nACGT\n"[..]),
+        ("hg38.fa.fai", b"chr1\t4\n"),
+    ] {
+        let meta = fs::symlink_metadata(in_pod.join(name)).unwrap();
+        assert!(meta.is_file(), "{name} is the bytes it pointed to");
+        assert_eq!(fs::read(in_pod.join(name)).unwrap(), bytes);
+    }
+    assert_eq!(
+        fs::read_link(in_pod.join("current")).unwrap(),
+        Path::new("../seq")
+    );
+    assert_eq!(
+        fs::read(in_pod.join("current/hg38.fa")).unwrap(),
+        b">chr1\nACGT\n"
+    );
+}
