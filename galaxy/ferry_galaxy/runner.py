@@ -149,10 +149,15 @@ FERRY_PARAM_SPECS = dict(
     ferry_index_paths=dict(map=path_list, valid=lambda ps: all(p.startswith("/") for p in ps), default=[]),
     # Directories of reference data (data tables, .loc files point into them): each file the job's command
     # line or config files name under one of them is staged, with its siblings of the same name prefix
-    # (hg38.fa -> hg38.fa.amb, hg38.fa.bwt, ...), and nothing else.
+    # (hg38.fa -> hg38.fa.amb, hg38.fa.bwt, ...), and nothing else. A directory is staged whole only when a
+    # data table lists it (a STAR index); one named otherwise (a user's free text, a root itself) never is.
     ferry_reference_roots=dict(
         map=path_list, valid=lambda ps: all(p.startswith("/") and os.path.normpath(p) != "/" for p in ps), default=[]
     ),
+    # Most bytes of reference data (from ferry_reference_roots) one job may stage, with a unit (100Gi): a job
+    # whose command line or config files name more fails before anything is uploaded, naming the largest
+    # paths. Empty: no limit.
+    ferry_reference_max_bytes=dict(map=lambda v: None if v in (None, "") else byte_size(v), default=None),
     # Stage the tool's directory (scripts next to the tool XML) as reference data (unless the pod mounts it).
     ferry_stage_tool_directory=dict(map=asbool, default=True),
     # serviceAccountName of the job pods (Galaxy's runner sets none): the account IRSA / Pod Identity maps
@@ -335,7 +340,10 @@ class FerryKubernetesJobRunner(KubernetesJobRunner):
         if settings.stage_tool_directory and tool_dir and os.path.isdir(tool_dir):
             yield os.path.abspath(str(tool_dir))
         if settings.reference_roots:
-            yield from reference_files(job_texts(job_wrapper), settings.reference_roots)
+            tables = data_table_paths(getattr(self.app, "tool_data_tables", None), settings.reference_roots)
+            found = reference_files(job_texts(job_wrapper), settings.reference_roots, tables)
+            check_reference_bytes(found, settings.reference_max_bytes)
+            yield from found
 
     def _unused_job_id(self, id_tag: str, settings: Settings) -> str:
         """The Galaxy job id, or ``ID-2``, ``ID-3``… when an earlier submission of the job (a resubmission
@@ -721,13 +729,30 @@ def job_texts(job_wrapper):
             continue
 
 
-def reference_files(texts, roots):
-    """The files under ``roots`` that ``texts`` name: each named path (file or directory) and the files
-    beside it whose name starts with its name and a dot (a bwa index ``hg38.fa`` -> ``hg38.fa.amb``,
-    ``hg38.fa.bwt``...). Nothing else of the directory, and nothing a symlink leads out of the roots to."""
+def data_table_paths(tables, roots) -> frozenset:
+    """Every absolute path under ``roots`` that one of Galaxy's data tables (``app.tool_data_tables``, read
+    from the .loc files) lists: the directories ferry may stage whole."""
+    roots = [os.path.normpath(r) for r in roots]
+    found = set()
+    for table in (getattr(tables, "data_tables", None) or {}).values():
+        get_fields = getattr(table, "get_fields", None)
+        for row in get_fields() if callable(get_fields) else []:
+            for value in row:
+                path = os.path.normpath(str(value).strip()) if str(value).strip().startswith("/") else None
+                if path and any(path == r or path.startswith(r + "/") for r in roots):
+                    found.add(path)
+    return frozenset(found)
+
+
+def reference_files(texts, roots, table_paths=frozenset()):
+    """The files under ``roots`` that ``texts`` name: each named file and the files beside it whose name
+    starts with its name and a dot (a bwa index ``hg38.fa`` -> ``hg38.fa.amb``, ``hg38.fa.bwt``...), and
+    a named directory only when a data table lists it (``table_paths``). Nothing else of the directory,
+    no directory a user's free text names (a root itself, a genome's folder: terabytes for every job),
+    and nothing a symlink leads out of the roots to."""
     roots = [os.path.normpath(r) for r in roots]
     real_roots = [os.path.realpath(r) for r in roots]
-    found = []
+    found, skipped = [], set()
     for text in texts:
         for root in roots:
             r = re.escape(root)
@@ -736,10 +761,58 @@ def reference_files(texts, roots):
             bare = re.finditer(rf"()({r}/[^\s'\"`;|&<>(){{}}$,=]+)", text)
             for m in (*quoted, *bare):
                 named = os.path.normpath(m.group(1) or m.group(2))
-                if not named.startswith(root + "/"):
+                if named != root and not named.startswith(root + "/"):
                     continue  # `..` left the root
+                if named == root or (os.path.isdir(named) and named not in table_paths):
+                    _skip_directory(named, skipped)
+                    continue
                 found.extend(p for p in _with_siblings(named) if _inside(p, real_roots))
     return list(dict.fromkeys(found))
+
+
+def _skip_directory(path: str, skipped: set):
+    if path not in skipped:
+        skipped.add(path)
+        log.warning("not staging %s as reference data: a directory named by the job's command line or config "
+                    "files that no data table (.loc file) lists; ferry stages a reference directory only from "
+                    "a data table, otherwise only the files named in it", path)
+
+
+def check_reference_bytes(paths: list[str], limit: Optional[int]):
+    """FerryError, naming the largest paths and the setting, when ``paths`` hold more than ``limit`` bytes."""
+    if limit is None:
+        return
+    sizes = {p: _bytes_of(p) for p in paths}
+    total = sum(sizes.values())
+    if total <= limit:
+        return
+    largest = sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+    raise FerryError(
+        f"the job names {_human(total)} of reference data under ferry_reference_roots, more than "
+        f"ferry_reference_max_bytes ({_human(limit)}): "
+        + ", ".join(f"{p} ({_human(n)})" for p, n in largest)
+        + (f" and {len(paths) - len(largest)} more" if len(paths) > len(largest) else "")
+        + "; nothing was uploaded. Name fewer or smaller reference files, or raise ferry_reference_max_bytes"
+    )
+
+
+def _bytes_of(path: str) -> int:
+    """Bytes of a file, or of the files in a directory (links not followed)."""
+    if not os.path.isdir(path):
+        return os.path.getsize(path)
+    total = 0
+    for parent, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(parent, name)).st_size
+    return total
+
+
+def _human(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _inside(path: str, real_roots: list[str]) -> bool:

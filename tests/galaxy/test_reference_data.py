@@ -1,7 +1,10 @@
 """Reference data per job: the index files a job's command line and config files name under
 ferry_reference_roots are staged, each with its siblings of the same name prefix (a bwa index named
 through a data table's .loc file), and nothing else of those directories. The paths come from Galaxy's
-own data-table code (ToolDataTableManager reading a tool_data_table_conf.xml and its .loc file)."""
+own data-table code (ToolDataTableManager reading a tool_data_table_conf.xml and its .loc files). A
+directory is staged whole only when a data table lists it; a user's free text naming a directory (a
+genome's folder, a reference root itself) stages none of it, and ferry_reference_max_bytes bounds what
+one job may stage."""
 
 import os
 
@@ -15,6 +18,10 @@ TABLES = """<tables>
   <table name="bwa_mem_indexes" comment_char="#">
     <columns>value, dbkey, name, path</columns>
     <file path="{tool_data}/bwa_mem_index.loc" />
+  </table>
+  <table name="rnastar_index2x_versioned" comment_char="#">
+    <columns>value, dbkey, name, path, with_gene_model, version</columns>
+    <file path="{tool_data}/rnastar_index2x_versioned.loc" />
   </table>
 </tables>
 """
@@ -30,21 +37,27 @@ def reference_data(base):
             (index / f"{genome}.fa{suffix}").write_text(f"{genome}{suffix}\n")
         (index / f"{genome}.fa2.bwt").write_text("another index whose name only starts alike\n")
         (index / "README").write_text("not named by any job\n")
+        star = refs / genome / "star"  # a STAR index is a directory, listed as such by its data table
+        star.mkdir()
+        for name in ("Genome", "SA", "SAindex"):
+            (star / name).write_bytes(name.encode() * 1024)
     (refs / "hg38/genes.gtf").write_text("chr1\tgene\n")
     tool_data = base / "tool-data"
     tool_data.mkdir()
     (tool_data / "bwa_mem_index.loc").write_text(
         "#value\tdbkey\tname\tpath\n"
         + "".join(f"{g}\t{g}\t{g} genome\t{refs}/{g}/bwa_mem/{g}.fa\n" for g in ("hg38", "mm10")))
+    (tool_data / "rnastar_index2x_versioned.loc").write_text(
+        "".join(f"{g}\t{g}\t{g} STAR\t{refs}/{g}/star\t0\t2.7.4a\n" for g in ("hg38", "mm10")))
     conf = base / "tool_data_table_conf.xml"
     conf.write_text(TABLES.format(tool_data=tool_data))
     tables = ToolDataTableManager(tool_data_path=str(tool_data), config_filename=str(conf))
-    return refs, tables["bwa_mem_indexes"]
+    return refs, tables
 
 
 def test_a_job_gets_exactly_the_index_its_data_table_entry_names_and_that_index_s_siblings(s3, tmp_path):
-    refs, table = reference_data(tmp_path)
-    index = table.get_entry("dbkey", "hg38", "path")  # what the tool's from_data_table parameter gives
+    refs, tables = reference_data(tmp_path)
+    index = tables["bwa_mem_indexes"].get_entry("dbkey", "hg38", "path")  # what the tool's from_data_table parameter gives
     cache = tmp_path / "node-cache"
     # hostPath DirectoryOrCreate would make it root's, mode 0755: the node's cache must exist, owned by the
     # uid ferry runs as (the tool's; here ferry's default 65532), before a job uses it.
@@ -125,3 +138,54 @@ def test_a_reference_root_that_is_itself_a_symlink_still_serves_its_files(tmp_pa
     found = reference_files([f"bwa mem {tmp_path}/refs/bwa/g.fa r.fq"], [f"{tmp_path}/refs"])
 
     assert found == [f"{tmp_path}/refs/bwa/g.fa"], found
+
+
+def staged_indices(job):
+    manifest = job.s3.get_json(job.bucket, job.ajs.ferry_manifest_url.split("/", 3)[3])
+    return {d["path"]: d for d in manifest["indices"]}
+
+
+def test_free_text_naming_a_reference_root_or_directory_stages_none_of_it_but_a_data_table_directory_is_whole(
+        s3, tmp_path, caplog):
+    refs, tables = reference_data(tmp_path)
+    star = tables["rnastar_index2x_versioned"].get_entry("dbkey", "hg38", "path")  # the tool's select list
+    job = GalaxyJob(s3, tmp_path / "galaxy-side", runner_params={"ferry_reference_roots": [str(refs)]})
+    job.app.tool_data_tables = tables  # Galaxy's app holds the data tables it read from the .loc files
+    # A user's text parameters, pasted into the command: the root itself, genome folders, a folder with `.`.
+    free_text = f"{refs}/. '{refs}/mm10' {refs}/mm10/bwa_mem/ {refs}/hg38/bwa_mem/.."
+
+    # In the pod: the STAR index, and nothing of the folders the free text named (paths built at run time).
+    job.submit(f"echo {free_text} > /dev/null; ls {star} > {{output}}; d=$(dirname {star}); "
+               "test ! -e $d/genes.gtf && test ! -e $d/bwa_mem && test ! -e $d/../mm10")
+
+    staged = staged_indices(job)
+    assert set(staged) == {star, str(job.tool_dir)}, set(staged)
+    assert staged[star]["kind"] == "dir" and sorted(f["path"] for f in staged[star]["files"]) == \
+        ["Genome", "SA", "SAindex"], "a data table's directory is staged whole"
+    for skipped in (str(refs), f"{refs}/mm10", f"{refs}/mm10/bwa_mem", f"{refs}/hg38"):
+        assert f"not staging {skipped} as reference data" in caplog.text, caplog.text
+    pod = job.run_pod()
+    outcome = job.complete()
+    assert (outcome.call, outcome.detected_state) == ("finish", DETECTED_JOB_STATE.OK), (outcome, pod.logs)
+    assert job.output.read_text().split() == ["Genome", "SA", "SAindex"]
+
+
+def test_reference_data_over_ferry_reference_max_bytes_fails_the_job_before_anything_is_uploaded(s3, tmp_path):
+    refs, tables = reference_data(tmp_path)
+    star = tables["rnastar_index2x_versioned"].get_entry("dbkey", "hg38", "path")
+    index = tables["bwa_mem_indexes"].get_entry("dbkey", "hg38", "path")
+    job = GalaxyJob(s3, tmp_path / "galaxy-side", runner_params={
+        "ferry_reference_roots": [str(refs)], "ferry_reference_max_bytes": "8Ki"})
+    job.app.tool_data_tables = tables
+
+    job.queue(f"STAR --genomeDir {star} && bwa mem {index} > {{output}}")
+
+    [outcome] = job.wrapper.outcomes
+    assert outcome.call == "fail"
+    assert "the job names 15.0 KiB of reference data under ferry_reference_roots, more than " \
+        f"ferry_reference_max_bytes (8.0 KiB): {star} (15.0 KiB), {index}.amb (9 bytes)" in outcome.message, \
+        outcome.message
+    assert "raise ferry_reference_max_bytes" in outcome.message
+    assert job.api.created == []
+    listed = s3.client().list_objects_v2(Bucket=job.bucket, Prefix=job.prefix)
+    assert listed.get("KeyCount", 0) == 0, "nothing was uploaded"
