@@ -453,13 +453,18 @@ impl Manifest {
         let mut paths = HashSet::new();
         let data = join_key(&[&self.prefix, "data"]);
         let refs = join_key(&[&self.prefix, "refs"]);
+        let outputs = join_key(&[&self.prefix, "outputs"]);
         for (list, base, what) in [
             (&self.inputs, &data, "input"),
             (&self.indices, &refs, "index"),
         ] {
             for d in list {
                 under_root(&d.path, what)?;
-                check_key_under(&d.key, base, what)?;
+                // An input may also be an earlier job's output object (see `stage`).
+                if what != "input" || !is_within(&d.key, &outputs) {
+                    check_key_under(&d.key, base, what)?;
+                }
+                check_key(&d.key).map_err(|e| format!("{what} key `{}`: {e}", d.key))?;
                 if !paths.insert(d.path.as_str()) {
                     return Err(format!("{what} `{}` is listed twice", d.path));
                 }
@@ -712,6 +717,15 @@ pub(crate) mod tests {
         assert!(reason(&m).contains("could escape"));
         m.inputs[0].key = "/ferry/data/a".into();
         assert!(reason(&m).contains("starts with `/`"));
+    }
+
+    #[test]
+    fn an_input_may_be_an_earlier_jobs_output_object_but_never_escape_it() {
+        let mut m = sample();
+        m.inputs[0].key = "ferry/outputs/7/2/galaxy/files/a.dat".into();
+        m.validate().unwrap();
+        m.inputs[0].key = "ferry/outputs/../../x".into();
+        assert!(reason(&m).contains("could escape"), "{}", reason(&m));
     }
 
     #[test]

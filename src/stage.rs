@@ -60,7 +60,8 @@ pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<Str
             .map(|p| dataset_cached(p, &key(&prefix, p), &sums, &given))
             .collect::<Result<Vec<_>>>()
     };
-    let inputs = datasets_in(&inputs, manifest::data_key)?;
+    let mut inputs = datasets_in(&inputs, manifest::data_key)?;
+    adopt_linked_outputs(store, &prefix, &mut inputs).await?;
     let indices = datasets_in(&indices, manifest::refs_key)?;
     let outputs: Vec<Output> = outputs
         .iter()
@@ -323,6 +324,39 @@ fn dataset_cached(path: &str, key: &str, sums: &SumCache, given: &[PathBuf]) -> 
         crc64nvme: cached(Path::new(path))?,
         files: vec![],
     })
+}
+
+/// An input that is a link `collect --link-outputs-under` made (its target ends in
+/// `<prefix>/outputs/<id>/<n>/<path>`: an earlier job's output object, which a read-only mount of
+/// the bucket shows) is staged as that object when S3 holds it with the file's size and a
+/// recorded checksum: no byte of it is read through the mount or sent again.
+async fn adopt_linked_outputs(store: &Store, prefix: &str, inputs: &mut [Dataset]) -> Result<()> {
+    let marker = format!("/{}/", manifest::join_key(&[prefix, "outputs"]));
+    for d in inputs.iter_mut().filter(|d| d.kind == Kind::File) {
+        let Ok(target) = std::fs::read_link(&d.path) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        let Some(at) = target.find(&marker) else {
+            continue;
+        };
+        let key = &target[at + 1..];
+        if manifest::check_key(key).is_err() {
+            continue;
+        }
+        if let Some(head) = store.head(key).await?
+            && head.size == d.size
+            && head.crc64nvme.is_some()
+        {
+            tracing::info!(
+                "stage: {} links to the output object {key}: staged as that object, nothing read or sent",
+                d.path
+            );
+            d.key = key.to_string();
+            d.crc64nvme = head.crc64nvme;
+        }
+    }
+    Ok(())
 }
 
 /// The real paths of what stage was given (`--input`, `--index`).

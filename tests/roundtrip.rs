@@ -305,6 +305,39 @@ async fn collect_can_link_outputs_into_an_s3_mount_instead_of_downloading() {
     ]));
     assert_eq!(fs::read_link(&out).unwrap(), mount.join(&key));
     assert_eq!(fs::read(&out).unwrap(), b"result");
+
+    // A later job reads that output: staged as the output object, not read or sent again.
+    let o = ferry(&[
+        "stage",
+        "--url",
+        &format!("s3://{bucket}/p"),
+        "--job-id",
+        "4",
+        "--workdir",
+        &format!("{b}/w/job"),
+        "--input",
+        &out,
+        "--no-checksum-cache",
+    ]);
+    let log = stderr(&o);
+    let url = ok(o);
+    assert!(log.contains("staged as that object"), "{log}");
+    assert!(
+        log.contains("datasets: 0 uploaded, 1 already in S3"),
+        "{log}"
+    );
+    // The workdir's run.sh and .ec (3 bytes); not the 6 bytes of the linked output.
+    assert!(log.contains("read 3 bytes from local files"), "{log}");
+    let pod = tmp.path().join("pod");
+    ok(ferry(&[
+        "init",
+        "--manifest",
+        &url,
+        "--root",
+        pod.to_str().unwrap(),
+    ]));
+    let placed = pod.join(out.trim_start_matches('/'));
+    assert_eq!(fs::read(&placed).unwrap(), b"result");
 }
 
 #[tokio::test(flavor = "multi_thread")]
