@@ -55,6 +55,7 @@ def test_a_destination_can_opt_a_tool_out_of_ferry(s3, tmp_path):
     ("ferry_env", "[a, b]", "expected a mapping of NAME: VALUE"),
     ("ferry_reference_roots", "refs,/galaxy/refs", "ferry_reference_roots 'refs,/galaxy/refs': not a valid value"),
     ("ferry_reference_roots", "/", "ferry_reference_roots '/': not a valid value"),
+    ("ferry_reference_max_bytes", "100", "ferry_reference_max_bytes '100': '100' is not a size with a unit"),
     ("ferry_index_paths", "tool-data/x.loc", "not a valid value"),
     ("ferry_enabled", "maybe", "ferry_enabled 'maybe'"),
 ])
