@@ -92,18 +92,6 @@ fn walk(
     Ok(())
 }
 
-/// One file as a manifest entry (following a symlink: datasets are their content).
-pub fn file_entry(path: &Path) -> Result<(u64, u32, i64, String)> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "stat", e))?;
-    let (size, crc) = checksum::of_file(path).map_err(|e| Error::io(path, "read", e))?;
-    Ok((
-        size,
-        meta.permissions().mode() & 0o7777,
-        mtime_ns(&meta),
-        checksum::encode(crc),
-    ))
-}
-
 /// Opens a file the job left, for reading, only if it is a regular file: never through a
 /// symlink (`O_NOFOLLOW`) and never blocking on a FIFO or device (`O_NONBLOCK`, then `fstat`).
 pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
