@@ -112,6 +112,7 @@ def test_tpv_sizes_the_disk_from_the_input_size_and_the_runner_gives_the_job_tha
     settings = job.runner.ferry_settings(job.wrapper)
     assert settings.disk == disk_gib * GIB
     assert settings.reference_roots == ([reference_roots] if reference_roots else [])
+    assert settings.reference_max_bytes == (20 * GIB if reference_roots else None)
     pod = created["spec"]["template"]["spec"]
     roots = staged_roots(job)
     assert roots, "the job's files were staged"
