@@ -5,7 +5,7 @@
 //! In S3, under `jobs/<id>/attempts/<n>/`: `claim.json` (written once, `If-None-Match: *`, by the
 //! first ferry container of the pod that needs a number: init, or the sidecar when init never
 //! ran), `workdir/…` (the workdir files the attempt changed) and `done.json` (written last); its
-//! outputs under `outputs/<id>/<n>/…`, keys no other attempt writes.
+//! outputs under `outputs/<id>/<n>-<claim>/…`, keys no other pod writes.
 //! In the pod, a small state directory shared by init and the sidecar only (an emptyDir of its
 //! own, `FERRY_STATE_DIR`) holds `attempt.json`: the number, and whether init completed.
 
@@ -22,12 +22,24 @@ use std::path::{Path, PathBuf};
 pub const MAX: u32 = 1000;
 
 /// What the pod's state directory says about this pod's attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Marker {
     pub attempt: u32,
     /// `true` once init placed every file; only then may the sidecar record changes.
     pub init_complete: bool,
+    /// The claim's random name (see [`Claim`]); empty in a marker of an older ferry.
+    #[serde(default)]
+    pub claim: String,
+}
+
+/// One pod's claim of an attempt: its number, and a random name no other claim has. The name is
+/// part of the attempt's output keys, so even a pod of an earlier staging of the same job id
+/// (which numbers its attempts from 1 again) never writes where this pod's outputs are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub attempt: u32,
+    pub name: String,
 }
 
 /// The pod's state directory: `FERRY_STATE_DIR` (`inject` sets it), else, for local runs,
@@ -76,7 +88,7 @@ pub fn read_marker(dir: &Path) -> Result<Option<Marker>> {
     }
 }
 
-pub fn write_marker(dir: &Path, m: Marker) -> Result<()> {
+pub fn write_marker(dir: &Path, m: &Marker) -> Result<()> {
     let bytes = serde_json::to_vec(&m).expect("a marker serialises");
     write_atomic(&marker_path(dir), &bytes, 0o600).map_err(|e| match e {
         Error::Io { path, what, source } => Error::Io {
@@ -122,21 +134,47 @@ pub async fn forget_all(store: &Store, m: &Manifest) -> Result<u32> {
 }
 
 /// Claims the next free attempt number in S3 (`If-None-Match: *`: two pods never get one
-/// number) and returns it.
-pub async fn claim(job: &Job, by: &str) -> Result<u32> {
+/// number) under a new random name, and returns both.
+pub async fn claim(job: &Job, by: &str) -> Result<Claim> {
     let host = std::env::var("HOSTNAME").unwrap_or_default();
+    let name = new_name();
     for n in 1..=MAX {
-        let body = serde_json::json!({ "attempt": n, "by": by, "pod": host });
+        let body = serde_json::json!({ "attempt": n, "by": by, "pod": host, "claim": name });
         let bytes = serde_json::to_vec(&body).expect("a claim serialises");
         if job.store.put_small_new(&claim_key(job, n), bytes).await? {
-            tracing::info!(job = %job.manifest.job_id, "{by}: this pod is attempt {n}");
-            return Ok(n);
+            tracing::info!(job = %job.manifest.job_id, "{by}: this pod is attempt {n} (claim {name})");
+            return Ok(Claim { attempt: n, name });
         }
     }
     Err(Error::Config(format!(
         "job {} already has {MAX} attempts; stage it again under a new job id",
         job.manifest.job_id
     )))
+}
+
+/// 16 random hex digits (from the kernel; the time and process id where it has no urandom).
+fn new_name() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if random.is_err() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let seed = format!("{now}-{}", std::process::id());
+        bytes = crate::checksum::of_bytes(seed.as_bytes()).to_be_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The name under which attempt `n` was claimed (empty: a claim of an older ferry); `None` when
+/// attempt `n` was never claimed.
+pub async fn claim_name(job: &Job, n: u32) -> Result<Option<String>> {
+    let Some(bytes) = job.store.get_small(&claim_key(job, n)).await? else {
+        return Ok(None);
+    };
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    Ok(Some(body["claim"].as_str().unwrap_or_default().to_string()))
 }
 
 /// Whether attempt `n` was claimed.
@@ -165,11 +203,11 @@ pub fn packs_key(job: &Job, n: u32) -> String {
     format!("{}/packs", manifest::attempt_key(&m.prefix, &m.job_id, n))
 }
 
-/// Where attempt `n` uploads the output declared at `abs` (its own key: see
-/// [`manifest::outputs_key`]).
-pub fn output_key(job: &Job, n: u32, abs: &str) -> String {
+/// Where the pod that claimed attempt `n` as `claim` uploads the output declared at `abs` (its
+/// own key: see [`manifest::outputs_key`]).
+pub fn output_key(job: &Job, n: u32, claim: &str, abs: &str) -> String {
     let m = &job.manifest;
-    manifest::output_key(&m.prefix, &m.job_id, n, abs)
+    manifest::output_key(&m.prefix, &m.job_id, n, claim, abs)
 }
 
 /// Attempt `n`'s completion record.

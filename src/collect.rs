@@ -201,6 +201,7 @@ async fn wait_for_done(job: &Job, wait: Duration) -> Result<Option<Done>> {
                 let url = format!("s3://{}/{key}", m.bucket);
                 let done = Done::from_json(&bytes).map_err(|r| Error::manifest(&url, r))?;
                 check(job, &done, n).map_err(|r| Error::manifest(&url, r))?;
+                check_claim(job, &done, &url).await?;
                 // A pod that claimed the next number meanwhile makes this record stale.
                 if !attempt::exists(job, n + 1).await? {
                     return Ok(Some(done));
@@ -225,6 +226,24 @@ async fn wait_for_done(job: &Job, wait: Duration) -> Result<Option<Done>> {
     }
 }
 
+/// A `done.json` is taken only from the pod that claimed its attempt: one written by a pod of
+/// an earlier staging of the job id (which numbers its attempts from 1 again) is refused.
+async fn check_claim(job: &Job, done: &Done, url: &str) -> Result<()> {
+    let n = done.attempt;
+    let claimed = attempt::claim_name(job, n).await?.unwrap_or_default();
+    if claimed != done.claim {
+        return Err(Error::manifest(
+            url,
+            format!(
+                "it was written by the pod of claim `{}`, but attempt {n} was claimed as `{claimed}`: \
+                 a pod of an earlier staging of this job id? re-stage a job only when none of its pods runs",
+                done.claim
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `done.json` comes from the pod: its paths and keys are checked like a manifest's.
 fn check(job: &Job, done: &Done, attempt: u32) -> std::result::Result<(), String> {
     let m = &job.manifest;
@@ -243,6 +262,10 @@ fn check(job: &Job, done: &Done, attempt: u32) -> std::result::Result<(), String
     }
     let packs = attempt::packs_key(job, attempt);
     crate::manifest::check_packs(&done.changed, &done.packs, &packs)?;
+    // The claim name becomes part of output keys and of the links collect makes.
+    if done.claim.len() > 32 || !done.claim.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("claim `{}` is not a claim name", done.claim));
+    }
     for o in &done.outputs {
         if !m.outputs.iter().any(|d| d.path == o.path) {
             return Err(format!(
@@ -250,8 +273,9 @@ fn check(job: &Job, done: &Done, attempt: u32) -> std::result::Result<(), String
                 o.path
             ));
         }
-        // Only attempt `n` writes its own keys: what collect verifies or links stays as it is.
-        let own = attempt::output_key(job, attempt, &o.path);
+        // Only the pod that claimed attempt `n` writes its keys: what collect verifies or links
+        // stays as it is.
+        let own = attempt::output_key(job, attempt, &done.claim, &o.path);
         if o.key != own {
             return Err(format!(
                 "output `{}` is recorded at {}, not at attempt {attempt}'s own key {own} \

@@ -5,8 +5,8 @@ use crate::store::Requests;
 use serde::{Deserialize, Serialize};
 
 /// 2: per-attempt records (`jobs/<id>/attempts/<n>/done.json`), `attempt`, `mode_changes`,
-/// `failed_outputs`, reason `init-failed`. 3: each attempt's outputs under its own keys
-/// (`outputs/<id>/<n>/…`) instead of the shared `data/…`.
+/// `failed_outputs`, reason `init-failed`. 3: each pod's outputs under its own keys
+/// (`outputs/<id>/<n>-<claim>/…`) instead of the shared `data/…`; `claim`.
 pub const VERSION: u32 = 3;
 
 /// Why the tool ended.
@@ -62,6 +62,9 @@ pub struct Done {
     pub job_id: String,
     /// The attempt (pod) this record belongs to.
     pub attempt: u32,
+    /// The random name under which that pod claimed the attempt (`claim.json`); its outputs are
+    /// under `outputs/<id>/<attempt>-<claim>/`.
+    pub claim: String,
     /// The tool's exit code; `null` when it ended without one.
     pub exit_code: Option<i32>,
     pub reason: Reason,
@@ -96,6 +99,7 @@ impl Done {
             version: VERSION,
             job_id: job_id.to_string(),
             attempt,
+            claim: String::new(),
             exit_code,
             reason,
             changed: vec![],

@@ -20,16 +20,21 @@ pub async fn run(job: &Job, cache: Option<&Cache>, cfg: Transfer) -> Result<()> 
     // This pod's attempt: claimed once per pod (a restarted init container keeps its number).
     let state = attempt::state_dir(job);
     create_dirs(&state)?;
-    let n = match attempt::read_marker(&state)? {
+    let claim = match attempt::read_marker(&state)? {
         // A re-stage of the job forgets its attempts: then this is a new one.
-        Some(marker) if attempt::exists(job, marker.attempt).await? => marker.attempt,
+        Some(marker) if attempt::exists(job, marker.attempt).await? => attempt::Claim {
+            attempt: marker.attempt,
+            name: marker.claim,
+        },
         _ => attempt::claim(job, "init").await?,
     };
+    let n = claim.attempt;
     let marker = |init_complete| Marker {
         attempt: n,
         init_complete,
+        claim: claim.name.clone(),
     };
-    attempt::write_marker(&state, marker(false))?;
+    attempt::write_marker(&state, &marker(false))?;
     for r in &m.roots {
         create_dirs(&job.local(&r.path))?;
     }
@@ -118,7 +123,7 @@ pub async fn run(job: &Job, cache: Option<&Cache>, cfg: Transfer) -> Result<()> 
         Err(e) => return Err(Error::io(&ec, "remove stale exit-code file", e)),
     }
     // Last: from here on the sidecar may record what the job changes and deletes.
-    attempt::write_marker(&state, marker(true))?;
+    attempt::write_marker(&state, &marker(true))?;
     tracing::info!(
         job = %m.job_id,
         "init done: {}; {} of them from {} packs; {} files ({:.1} MiB) already in place; {}{}",

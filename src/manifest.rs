@@ -182,17 +182,24 @@ pub fn data_key(prefix: &str, abs: &str) -> String {
     join_key(&[prefix, "data", abs.trim_start_matches('/')])
 }
 
-/// `outputs/<id>/<n>`: where attempt `n` of a job uploads its outputs. Only that attempt's
-/// sidecar writes below it, so no other attempt (a straggling older pod) and no other job can
-/// change an output once `collect` verified or linked it.
-pub fn outputs_key(prefix: &str, job_id: &str, attempt: u32) -> String {
-    join_key(&[prefix, "outputs", job_id, &attempt.to_string()])
+/// `outputs/<id>/<n>-<claim>`: where the pod that claimed attempt `n` under the random name
+/// `claim` uploads its outputs. Only that pod's sidecar writes below it, so no other attempt (a
+/// straggling older pod, a pod of an earlier staging of the job id) and no other job can change
+/// an output once `collect` verified or linked it.
+pub fn outputs_key(prefix: &str, job_id: &str, attempt: u32, claim: &str) -> String {
+    let dir = if claim.is_empty() {
+        attempt.to_string()
+    } else {
+        format!("{attempt}-{claim}")
+    };
+    join_key(&[prefix, "outputs", job_id, &dir])
 }
 
-/// `outputs/<id>/<n>/<absolute path without its leading slash>`: attempt `n`'s copy of an output.
-pub fn output_key(prefix: &str, job_id: &str, attempt: u32, abs: &str) -> String {
+/// `outputs/<id>/<n>-<claim>/<absolute path without its leading slash>`: that pod's copy of an
+/// output.
+pub fn output_key(prefix: &str, job_id: &str, attempt: u32, claim: &str, abs: &str) -> String {
     join_key(&[
-        &outputs_key(prefix, job_id, attempt),
+        &outputs_key(prefix, job_id, attempt, claim),
         abs.trim_start_matches('/'),
     ])
 }
@@ -766,8 +773,8 @@ pub(crate) mod tests {
         assert_eq!(data_key("p", "/srv/a b/ü.dat"), "p/data/srv/a b/ü.dat");
         assert_eq!(data_key("", "/srv/x"), "data/srv/x");
         assert_eq!(
-            output_key("p", "42", 3, "/srv/out.dat"),
-            "p/outputs/42/3/srv/out.dat"
+            output_key("p", "42", 3, "9f86d081884c7d65", "/srv/out.dat"),
+            "p/outputs/42/3-9f86d081884c7d65/srv/out.dat"
         );
         assert_eq!(refs_key("p/q", "/ref/hg38.fa"), "p/q/refs/ref/hg38.fa");
         assert_eq!(done_key("", "7"), "jobs/7/done.json");

@@ -63,17 +63,25 @@ async fn finish(
 ) -> Result<Option<Done>> {
     let state = attempt::state_dir(job);
     let marker = attempt::read_marker(&state)?;
-    let (n, init_complete) = match marker {
-        Some(m) => (m.attempt, m.init_complete),
+    let (claim, init_complete) = match marker {
+        Some(m) => (
+            attempt::Claim {
+                attempt: m.attempt,
+                name: m.claim,
+            },
+            m.init_complete,
+        ),
         // init never ran in this pod (or failed before it claimed a number).
         None => (attempt::claim(job, "sidecar").await?, false),
     };
+    let n = claim.attempt;
     if !init_complete {
         tracing::warn!(
             job = %job.manifest.job_id,
             "sidecar: ferry init did not complete in this pod (attempt {n}); recording nothing but that"
         );
-        let record = Done::empty(&job.manifest.job_id, n, None, Reason::InitFailed);
+        let mut record = Done::empty(&job.manifest.job_id, n, None, Reason::InitFailed);
+        record.claim = claim.name;
         return write_done(job, record).await.map(Some);
     }
     let exit_code = read_exit_code(&job.exit_code_file());
@@ -87,7 +95,7 @@ async fn finish(
         waited.as_secs_f64(),
         exit_code.map_or("no exit code".into(), |c| format!("exit code {c}")),
     );
-    upload_results(job, n, exit_code, reason, waited, cfg).await
+    upload_results(job, &claim, exit_code, reason, waited, cfg).await
 }
 
 /// The code in the exit-code file, if it holds one (Galaxy writes `echo $? > file`). The file
@@ -319,8 +327,8 @@ struct Outputs {
     failed: Vec<FailedOutput>,
 }
 
-/// Reads the declared outputs for attempt `n`, each to go under the attempt's own key.
-fn read_outputs(job: &Job, n: u32) -> Outputs {
+/// Reads the declared outputs for this pod's attempt, each to go under the claim's own key.
+fn read_outputs(job: &Job, claim: &attempt::Claim) -> Outputs {
     let roots = output::real_roots(job);
     let mut out = Outputs {
         found: vec![],
@@ -329,7 +337,8 @@ fn read_outputs(job: &Job, n: u32) -> Outputs {
         failed: vec![],
     };
     for o in &job.manifest.outputs {
-        match output::read(job, o, attempt::output_key(job, n, &o.path), &roots) {
+        let key = attempt::output_key(job, claim.attempt, &claim.name, &o.path);
+        match output::read(job, o, key, &roots) {
             Found::Missing => out.missing.push(o.path.clone()),
             Found::Failed(error) => {
                 tracing::error!("output {}: {error}", o.path);
@@ -352,7 +361,7 @@ fn read_outputs(job: &Job, n: u32) -> Outputs {
 
 async fn upload_results(
     job: &Job,
-    n: u32,
+    claim: &attempt::Claim,
     exit_code: Option<i32>,
     reason: Reason,
     waited: Duration,
@@ -360,7 +369,8 @@ async fn upload_results(
 ) -> Result<Option<Done>> {
     let started = Instant::now();
     let changes = workdir_changes(job)?;
-    let outputs = read_outputs(job, n);
+    let n = claim.attempt;
+    let outputs = read_outputs(job, claim);
     // Each attempt has its own output keys, so a straggler never changes a newer attempt's
     // results; it still sends nothing once it knows it was superseded.
     if attempt::exists(job, n + 1).await? {
@@ -405,6 +415,7 @@ async fn upload_results(
     );
     let stats = transfer::upload_all(&job.store, uploads, cfg, false, "sidecar upload").await?;
     let mut record = Done::empty(&job.manifest.job_id, n, exit_code, reason);
+    record.claim = claim.name.clone();
     record.changed = changes.changed;
     record.packs = packs;
     record.deleted = changes.deleted;

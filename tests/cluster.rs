@@ -122,6 +122,32 @@ impl Job {
             .map(|b| serde_json::from_slice(&b).unwrap())
     }
 
+    /// Where attempt `n`'s `done.json` says its file output went.
+    async fn output_key(&self, attempt: u32) -> String {
+        let done = self.done(attempt).await.expect("a done.json");
+        done["outputs"][0]["key"].as_str().unwrap().to_string()
+    }
+
+    /// `ferry stage` of the same job again (same id, paths and outputs).
+    fn stage_again(&self) {
+        let h = self.head.to_str().unwrap();
+        ok(ferry(&[
+            "stage",
+            "--url",
+            &format!("s3://{}/p", self.bucket),
+            "--job-id",
+            "1",
+            "--workdir",
+            &format!("{h}/w/job"),
+            "--input",
+            &format!("{h}/d/in.dat"),
+            "--output",
+            &format!("{h}/d/out.dat"),
+            "--output",
+            &format!("{h}/d/outdir"),
+        ]));
+    }
+
     fn ec(&self) -> String {
         fs::read_to_string(self.head.join("w/job/galaxy_1.ec")).unwrap()
     }
@@ -336,11 +362,12 @@ async fn a_superseded_attempt_uploads_nothing_and_writes_no_done_json() {
     let log = job.sidecar(1, &["--quiet-ms", "100"]).finished();
     assert!(log.contains("attempt 2 of this job exists"), "{log}");
     assert!(job.done(1).await.is_none());
-    let out_key = format!("p/outputs/1/1{}/d/out.dat", job.head.to_str().unwrap());
-    assert!(
-        get(&job.bucket, &out_key).await.is_none(),
-        "no stale output"
-    );
+    let outputs: Vec<String> = keys(&job.bucket)
+        .await
+        .into_iter()
+        .filter(|k| k.starts_with("p/outputs/"))
+        .collect();
+    assert_eq!(outputs, Vec::<String>::new(), "no stale output");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -358,8 +385,10 @@ async fn a_straggling_attempt_never_changes_the_outputs_a_newer_attempt_delivere
     job.sidecar(2, &["--quiet-ms", "100"]).finished();
     let o = job.collect("10");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let delivered = format!("p/outputs/1/2{h}/d/out.dat");
-    assert_eq!(job.done(2).await.unwrap()["outputs"][0]["key"], delivered);
+    let delivered = job.output_key(2).await;
+    assert!(
+        delivered.starts_with("p/outputs/1/2-") && delivered.ends_with(&format!("{h}/d/out.dat"))
+    );
     assert_eq!(get(&job.bucket, &delivered).await.unwrap(), b"attempt 2");
 
     // Attempt 1's sidecar looked for attempt 2 before it was claimed (here: its claim is out
@@ -369,8 +398,8 @@ async fn a_straggling_attempt_never_changes_the_outputs_a_newer_attempt_delivere
     delete(&job.bucket, claim2).await;
     job.sidecar(1, &["--quiet-ms", "100"]).finished();
     put(&job.bucket, claim2, &claim).await;
-    let own = format!("p/outputs/1/1{h}/d/out.dat");
-    assert_eq!(job.done(1).await.unwrap()["outputs"][0]["key"], own);
+    let own = job.output_key(1).await;
+    assert!(own.starts_with("p/outputs/1/1-"), "{own}");
     assert_eq!(
         get(&job.bucket, &own).await.unwrap(),
         b"stale bytes of attempt 1",
@@ -384,6 +413,81 @@ async fn a_straggling_attempt_never_changes_the_outputs_a_newer_attempt_delivere
     let o = job.collect("10");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(fs::read(job.head.join("d/out.dat")).unwrap(), b"attempt 2");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restaged_job_never_changes_an_earlier_collects_outputs_nor_takes_an_old_pods_record() {
+    let job = staged("restage-outputs").await;
+    ok(job.init(1));
+    write(&job.in_pod(1, "d/out.dat"), b"first run");
+    write(&job.in_pod(1, "w/job/galaxy_1.ec"), b"0\n");
+    job.sidecar(1, &["--quiet-ms", "100"]).finished();
+    ok(job.collect("10"));
+    let first = job.output_key(1).await;
+
+    // The same job id staged again: its attempts count from 1 again, in a new pod.
+    job.stage_again();
+    let o = job.init(3);
+    assert!(
+        stderr(&o).contains("this pod is attempt 1"),
+        "{}",
+        stderr(&o)
+    );
+    // The earlier staging's pod was not gone: its sidecar runs again and records attempt 1.
+    job.sidecar(1, &["--quiet-ms", "100"]).finished();
+    let o = job.collect("10");
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("a pod of an earlier staging of this job id"),
+        "{}",
+        stderr(&o)
+    );
+
+    write(&job.in_pod(3, "d/out.dat"), b"second run");
+    write(&job.in_pod(3, "w/job/galaxy_1.ec"), b"0\n");
+    job.sidecar(3, &["--quiet-ms", "100"]).finished();
+    let second = job.output_key(1).await;
+    assert_ne!(first, second, "each claim has its own output keys");
+    assert_eq!(
+        get(&job.bucket, &first).await.unwrap(),
+        b"first run",
+        "what the earlier collect delivered (or linked) keeps its bytes"
+    );
+    ok(job.collect("10"));
+    assert_eq!(fs::read(job.head.join("d/out.dat")).unwrap(), b"second run");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_done_json_with_a_crafted_claim_never_links_outside_the_mount() {
+    let job = staged("crafted-claim").await;
+    ok(job.init(1));
+    write(&job.in_pod(1, "d/out.dat"), b"result");
+    write(&job.in_pod(1, "w/job/galaxy_1.ec"), b"0\n");
+    job.sidecar(1, &["--quiet-ms", "100"]).finished();
+    // A pod that forges its record: a claim that climbs out of the key, and the output key to match.
+    let mut done = job.done(1).await.unwrap();
+    let h = job.head.to_str().unwrap();
+    let claim = "../../../../../etc";
+    done["claim"] = claim.into();
+    done["outputs"][0]["key"] = format!("p/outputs/1/1-{claim}{h}/d/out.dat").into();
+    let key = "p/jobs/1/attempts/1/done.json";
+    put(&job.bucket, key, &serde_json::to_vec(&done).unwrap()).await;
+    let mount = job.tmp.path().join("mnt");
+    let o = ferry(&[
+        "collect",
+        "--manifest",
+        &job.url,
+        "--wait",
+        "10",
+        "--link-outputs-under",
+        mount.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("is not a claim name"), "{}", stderr(&o));
+    assert!(
+        fs::symlink_metadata(job.head.join("d/out.dat")).is_err(),
+        "no link was made"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

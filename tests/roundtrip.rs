@@ -294,7 +294,13 @@ async fn collect_can_link_outputs_into_an_s3_mount_instead_of_downloading() {
     fs::rename(&away, &base).unwrap();
     // What a read-only mount of the bucket (mountpoint-s3, s3fs) shows: every object at MOUNT/<key>.
     let mount = tmp.path().join("mnt");
-    let key = format!("p/outputs/3/1{out}");
+    let done = get(&bucket, "p/jobs/3/attempts/1/done.json").await.unwrap();
+    let done: serde_json::Value = serde_json::from_slice(&done).unwrap();
+    let key = done["outputs"][0]["key"].as_str().unwrap().to_string();
+    assert!(
+        key.starts_with("p/outputs/3/1-") && key.ends_with(&out),
+        "{key}"
+    );
     write(&mount.join(&key), &get(&bucket, &key).await.unwrap());
     ok(ferry(&[
         "collect",

@@ -170,9 +170,11 @@ class GalaxyJob(RunsPods):
         return self.wrapper.outcomes[0]
 
     def output_key(self, attempt=1):
-        """The S3 key of the output as attempt ``attempt`` of the job's pod uploaded it."""
-        ferry_job_id = self.ajs.ferry_manifest_url.split("/jobs/")[1].split("/")[0]
-        return f"{self.prefix}/outputs/{ferry_job_id}/{attempt}{self.output}"
+        """The S3 key of the output as attempt ``attempt`` of the job's pod uploaded it (its done.json)."""
+        jobs = self.ajs.ferry_manifest_url.split("/", 3)[3].rsplit("/", 1)[0]
+        done = self.s3.get_json(self.bucket, f"{jobs}/attempts/{attempt}/done.json")
+        [output] = [o for o in done["outputs"] if o["path"] == str(self.output)]
+        return output["key"]
 
     def oom_detected(self):
         """Galaxy's own OOM check (reads containerStatuses[0] of the job's pod)."""

@@ -104,6 +104,10 @@ def test_a_straggling_older_attempt_never_changes_the_bytes_behind_a_linked_outp
         env["AWS_ENDPOINT_URL"] = endpoint or s3.endpoint
         return [podlib.FERRY, "sidecar", "--manifest", url, "--root", root, "--quiet-ms", "100"], env
 
+    def output_key(attempt):
+        done = s3.get_json(bucket, f"{prefix}/jobs/7/attempts/{attempt}/done.json")
+        return done["outputs"][0]["key"]
+
     plan = HoldOutputUploads()
     with Proxy(s3.endpoint, plan=plan) as proxy:
         cmd, env = pod(1, b"attempt 1: never verified\n", proxy.endpoint)
@@ -113,14 +117,15 @@ def test_a_straggling_older_attempt_never_changes_the_bytes_behind_a_linked_outp
             cmd, env = pod(2, b"attempt 2: verified\n")  # the Job controller's retry
             subprocess.run(cmd, env=env, check=True, capture_output=True)
             podlib.ferry(s3, "collect", "--manifest", url, "--wait", "30", "--link-outputs-under", mount)
-            linked = mount / f"{prefix}/outputs/7/2{out}"
+            linked = mount / output_key(2)
             assert out.readlink() == linked and out.read_bytes() == b"attempt 2: verified\n"
         finally:
             plan.release.set()
             _, log = straggler.communicate(timeout=60)
     assert straggler.returncode == 0, log
 
-    own = s3.client().get_object(Bucket=bucket, Key=f"{prefix}/outputs/7/1{out}")["Body"].read()
+    assert output_key(1).startswith(f"{prefix}/outputs/7/1-") and output_key(2).startswith(f"{prefix}/outputs/7/2-")
+    own = s3.client().get_object(Bucket=bucket, Key=output_key(1))["Body"].read()
     assert own == b"attempt 1: never verified\n", "the straggler did upload, after collect, under its own key"
     assert out.read_bytes() == b"attempt 2: verified\n", "the linked output still reads the verified bytes"
     status = podlib.ferry(s3, "status", "--manifest", url).stdout
