@@ -80,6 +80,9 @@ pub struct Head {
     pub crc64nvme: Option<String>,
 }
 
+/// Reads of a small object whose body keeps breaking before `get_small` gives up.
+const SMALL_BODY_ATTEMPTS: u32 = 4;
+
 pub struct Store {
     client: Client,
     /// The endpoint, as error lines name it.
@@ -274,13 +277,43 @@ impl Store {
         }
     }
 
-    /// GET a small object (manifest, done.json) into memory; `None` if it does not exist.
+    /// GET a small object (manifest, done.json, a claim) into memory; `None` if it does not
+    /// exist. A body that breaks midway (a reset connection) is fetched again, a few times.
     pub async fn get_small(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let mut body = match self.get(key, None).await {
-            Ok(body) => body,
-            Err(Error::Missing { .. }) => return Ok(None),
-            Err(e) => return Err(e),
-        };
+        let mut attempt = 1;
+        loop {
+            let body = match self.get(key, None).await {
+                Ok(body) => body,
+                Err(Error::Missing { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            match self.read_small(key, body).await? {
+                Ok(bytes) => return Ok(Some(bytes)),
+                Err(broke) if attempt < SMALL_BODY_ATTEMPTS => {
+                    tracing::warn!(
+                        "s3 get s3://{}/{key}: body broke ({broke}); reading it again",
+                        self.bucket
+                    );
+                    attempt += 1;
+                }
+                Err(broke) => {
+                    return Err(Error::S3 {
+                        op: "get",
+                        bucket: self.bucket.clone(),
+                        key: key.to_string(),
+                        message: format!("body broke {attempt} times: {broke}"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// A small object's body, whole; the inner error says how the body broke.
+    async fn read_small(
+        &self,
+        key: &str,
+        mut body: ByteStream,
+    ) -> Result<std::result::Result<Vec<u8>, String>> {
         let mut bytes = Vec::new();
         loop {
             match body.try_next().await {
@@ -297,15 +330,8 @@ impl Store {
                     }
                     bytes.extend_from_slice(&chunk);
                 }
-                Ok(None) => return Ok(Some(bytes)),
-                Err(e) => {
-                    return Err(Error::S3 {
-                        op: "get",
-                        bucket: self.bucket.clone(),
-                        key: key.to_string(),
-                        message: format!("body broke: {}", in_words(&e)),
-                    });
-                }
+                Ok(None) => return Ok(Ok(bytes)),
+                Err(e) => return Ok(Err(in_words(&e))),
             }
         }
     }
