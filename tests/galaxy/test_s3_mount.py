@@ -55,6 +55,14 @@ def test_outputs_come_back_as_symlinks_into_an_s3fs_mount_and_galaxy_reads_them(
     target = mount / job.output_key()
     assert job.output.is_symlink() and job.output.readlink() == target
     assert job.wrapper.metadata_saw == {str(job.output): b"ACGT\nTTGA\n"}, "Galaxy's metadata step read it"
+    # A next job reads the output: staged as the same object, nothing read through the mount or sent again.
+    workdir = tmp_path / "next-job"
+    workdir.mkdir()
+    p = podlib.ferry(s3, "stage", "--url", f"s3://{job.bucket}/{job.prefix}", "--job-id", "next", "--workdir",
+                     workdir, "--input", job.output, "--no-checksum-cache")
+    [staged] = s3.get_json(job.bucket, f"{job.prefix}/jobs/next/manifest.json")["inputs"]
+    assert staged["key"] == job.output_key() and "staged as that object" in p.stderr, p.stderr
+    assert "read 0 bytes from local files" in p.stderr, p.stderr
     s3.client().delete_object(Bucket=job.bucket, Key=job.output_key())
     reads = []
     deadline = time.time() + 30
