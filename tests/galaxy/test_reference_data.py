@@ -189,3 +189,17 @@ def test_reference_data_over_ferry_reference_max_bytes_fails_the_job_before_anyt
     assert job.api.created == []
     listed = s3.client().list_objects_v2(Bucket=job.bucket, Prefix=job.prefix)
     assert listed.get("KeyCount", 0) == 0, "nothing was uploaded"
+
+
+def test_reference_data_the_pod_mounts_itself_is_not_counted_against_ferry_reference_max_bytes(s3, tmp_path):
+    refs, tables = reference_data(tmp_path)
+    star = tables["rnastar_index2x_versioned"].get_entry("dbkey", "hg38", "path")
+    index = tables["bwa_mem_indexes"].get_entry("dbkey", "hg38", "path")
+    job = GalaxyJob(s3, tmp_path / "galaxy-side", runner_params={
+        "ferry_reference_roots": [str(refs)], "ferry_reference_max_bytes": "8Ki",
+        "k8s_persistent_volume_claims": f"refs-claim:{star}:r"})  # the STAR index comes from a volume
+    job.app.tool_data_tables = tables
+
+    job.submit(f"STAR --genomeDir {star} && bwa mem {index} > {{output}}")
+
+    assert set(staged_indices(job)) == {f"{index}{s}" for s in BWA_SUFFIXES} | {str(job.tool_dir)}
