@@ -22,8 +22,57 @@ use std::time::Instant;
 pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<String> {
     let started = Instant::now();
     manifest::check_job_id(&a.job_id).map_err(Error::Config)?;
-    let prefix = a.url.key.clone();
-    store.record_uploads_under(manifest::uploads_key(&prefix, &a.job_id));
+    store.record_uploads_under(manifest::uploads_key(&a.url.key, &a.job_id));
+    let sums = Arc::new(if a.no_checksum_cache {
+        SumCache::disabled()
+    } else {
+        SumCache::new(a.checksum_cache.as_deref())
+    });
+    let mut m = read_job(a, store, &sums).await?;
+    // Check before uploading anything: a path outside every root is a usage error, not a
+    // surprise in the pod. Checksums not known yet are learnt while uploading.
+    let mut probe = m.clone();
+    fill_crcs(&mut probe, &|_| Some(checksum::encode(0)));
+    probe.validate().map_err(|r| {
+        Error::Config(format!(
+            "{r}; pass --mount-root for each directory the pod should mount"
+        ))
+    })?;
+    let (packed, w, d) = upload_job(store, &mut m, cfg, &sums).await?;
+    m.validate()
+        .map_err(|r| Error::manifest(m.manifest_key(), r))?;
+
+    crate::attempt::forget_all(store, &m).await?;
+    let key = m.manifest_key();
+    store
+        .put_small(&key, m.to_json(), "application/json")
+        .await?;
+    tracing::info!(
+        job = %m.job_id,
+        "stage done: {}; {} small files in {} packs; datasets: {} uploaded, {} already in S3 ({:.1} MiB not sent); read {} bytes from local files; {}",
+        crate::progress::summary(packed.files + w.files + d.files, packed.bytes + w.bytes + d.bytes, started.elapsed()),
+        packed.files,
+        m.workdir.packs.len(),
+        d.files,
+        d.skipped_files,
+        d.skipped_bytes as f64 / 1048576.0,
+        sumcache::bytes_read(),
+        store.requests()
+    );
+    Ok(format!("s3://{}/{key}", m.bucket))
+}
+
+/// The job's absolute paths, as `stage` was given them.
+struct Paths {
+    workdir: String,
+    ec: String,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+    indices: Vec<String>,
+    pod_mounts: Vec<String>,
+}
+
+fn job_paths(a: &StageArgs) -> Result<Paths> {
     let workdir = absolute(&a.workdir)?;
     if !Path::new(&workdir).is_dir() {
         return Err(Error::io(
@@ -36,51 +85,56 @@ pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<Str
         Some(p) => absolute(p)?,
         None => format!("{workdir}/galaxy_{}.ec", a.job_id),
     };
-    let abs_all = |ps: &[PathBuf]| ps.iter().map(|p| absolute(p)).collect::<Result<Vec<_>>>();
-    let (inputs, outputs, indices) = (
-        abs_all(&a.inputs)?,
-        abs_all(&a.outputs)?,
-        abs_all(&a.indices)?,
-    );
     let pod_mounts = abs_all(&a.pod_mounts)?;
-    let indices = left_to_pod_mounts(indices, &pod_mounts);
+    Ok(Paths {
+        workdir,
+        ec,
+        inputs: abs_all(&a.inputs)?,
+        outputs: abs_all(&a.outputs)?,
+        indices: left_to_pod_mounts(abs_all(&a.indices)?, &pod_mounts),
+        pod_mounts,
+    })
+}
 
-    let sums = Arc::new(if a.no_checksum_cache {
-        SumCache::disabled()
-    } else {
-        SumCache::new(a.checksum_cache.as_deref())
-    });
-    tracing::info!(job = %a.job_id, "stage: reading {workdir} and {} inputs, {} indices", inputs.len(), indices.len());
+fn abs_all(paths: &[PathBuf]) -> Result<Vec<String>> {
+    paths.iter().map(|p| absolute(p)).collect()
+}
+
+/// Scans the job (workdir, datasets, outputs, roots) into a manifest whose checksums are filled
+/// in while uploading.
+async fn read_job(a: &StageArgs, store: &Arc<Store>, sums: &Arc<SumCache>) -> Result<Manifest> {
+    let paths = job_paths(a)?;
+    let (prefix, workdir) = (a.url.key.clone(), paths.workdir.clone());
+    tracing::info!(job = %a.job_id, "stage: reading {workdir} and {} inputs, {} indices", paths.inputs.len(), paths.indices.len());
     // What stage was given, as real paths: the only places a symlink inside a staged directory
     // may lead to.
-    let given = real_paths(inputs.iter().chain(&indices))?;
+    let given = real_paths(paths.inputs.iter().chain(&paths.indices))?;
     let datasets_in = |paths: &[String], key: fn(&str, &str) -> String| {
         paths
             .iter()
-            .map(|p| dataset_cached(p, &key(&prefix, p), &sums, &given))
+            .map(|p| dataset_cached(p, &key(&prefix, p), sums, &given))
             .collect::<Result<Vec<_>>>()
     };
-    let mut inputs = datasets_in(&inputs, manifest::data_key)?;
+    let mut inputs = datasets_in(&paths.inputs, manifest::data_key)?;
     adopt_linked_outputs(store, &prefix, &mut inputs).await?;
-    let indices = datasets_in(&indices, manifest::refs_key)?;
-    let outputs: Vec<Output> = outputs
+    let indices = datasets_in(&paths.indices, manifest::refs_key)?;
+    let outputs: Vec<Output> = paths
+        .outputs
         .iter()
         .map(|p| Output {
             path: p.clone(),
             key: manifest::data_key(&prefix, p),
         })
         .collect();
-
     // The workdir without what is staged or collected on its own: datasets, outputs, the .ec.
     let apart: Vec<&str> = inputs
         .iter()
         .chain(&indices)
         .map(|d| d.path.as_str())
         .chain(outputs.iter().map(|o| o.path.as_str()))
-        .chain([ec.as_str()])
+        .chain([paths.ec.as_str()])
         .collect();
-    let wd = PathBuf::from(&workdir);
-    let entries: Vec<Entry> = tree::scan(&wd, &|_, _, _| false)?
+    let entries: Vec<Entry> = tree::scan(Path::new(&workdir), &|_, _, _| false)?
         .into_iter()
         .filter(|e| {
             !apart
@@ -88,57 +142,70 @@ pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<Str
                 .any(|p| is_within(&format!("{workdir}/{}", e.path), p))
         })
         .collect();
-
     let roots = if a.mount_roots.is_empty() {
-        derive_roots(&workdir, &inputs, &indices, &outputs, &ec, &pod_mounts)?
+        derive_roots(
+            &workdir,
+            &inputs,
+            &indices,
+            &outputs,
+            &paths.ec,
+            &paths.pod_mounts,
+        )?
     } else {
         let roots = abs_all(&a.mount_roots)?;
-        check_pod_mounts(&roots, &pod_mounts)?;
+        check_pod_mounts(&roots, &paths.pod_mounts)?;
         roots
     };
-    let mut roots: Vec<Root> = roots
-        .into_iter()
-        .map(|path| Root { path, bytes: 0 })
-        .collect();
     let wd_bytes: u64 = entries.iter().map(|e| e.size).sum();
-    for (path, bytes) in [(&workdir, wd_bytes)]
-        .into_iter()
-        .chain(inputs.iter().chain(&indices).map(|d| (&d.path, d.size)))
-    {
-        if let Some(r) = roots.iter_mut().find(|r| is_within(path, &r.path)) {
-            r.bytes += bytes;
-        }
-    }
-
-    let mut m = Manifest {
+    let sized = [(workdir.as_str(), wd_bytes)].into_iter().chain(
+        inputs
+            .iter()
+            .chain(&indices)
+            .map(|d| (d.path.as_str(), d.size)),
+    );
+    Ok(Manifest {
         version: manifest::VERSION,
         job_id: a.job_id.clone(),
         bucket: a.url.bucket.clone(),
-        prefix: prefix.clone(),
-        roots,
+        roots: root_sizes(roots, sized),
         workdir: Workdir {
-            path: workdir.clone(),
             key: manifest::workdir_key(&prefix, &a.job_id),
+            path: workdir,
             entries,
             packs: vec![],
         },
         inputs,
         outputs,
         indices,
-        exit_code_file: ec,
+        exit_code_file: paths.ec,
         done_key: manifest::done_key(&prefix, &a.job_id),
-    };
-    // Check before uploading anything: a path outside every root is a usage error, not a
-    // surprise in the pod. Checksums not known yet are learnt while uploading.
-    let mut probe = m.clone();
-    fill_crcs(&mut probe, &|_| Some(checksum::encode(0)));
-    probe.validate().map_err(|r| {
-        Error::Config(format!(
-            "{r}; pass --mount-root for each directory the pod should mount"
-        ))
-    })?;
+        prefix,
+    })
+}
 
-    // Small workdir files travel packed; the rest one object each, read once while uploading.
+/// Each root with the bytes staged under it.
+fn root_sizes<'a>(roots: Vec<String>, sized: impl Iterator<Item = (&'a str, u64)>) -> Vec<Root> {
+    let mut roots: Vec<Root> = roots
+        .into_iter()
+        .map(|path| Root { path, bytes: 0 })
+        .collect();
+    for (path, bytes) in sized {
+        if let Some(r) = roots.iter_mut().find(|r| is_within(path, &r.path)) {
+            r.bytes += bytes;
+        }
+    }
+    roots
+}
+
+/// Uploads the workdir (small files packed, the rest one object each, read once) and the
+/// datasets S3 does not hold yet, and fills the manifest's checksums and packs from what was read.
+async fn upload_job(
+    store: &Arc<Store>,
+    m: &mut Manifest,
+    cfg: Transfer,
+    sums: &Arc<SumCache>,
+) -> Result<(transfer::Stats, transfer::Stats, transfer::Stats)> {
+    let wd = PathBuf::from(&m.workdir.path);
     let (small, single): (Vec<&Entry>, Vec<&Entry>) = m
         .workdir
         .entries
@@ -185,40 +252,23 @@ pub async fn run(a: &StageArgs, store: &Arc<Store>, cfg: Transfer) -> Result<Str
         store,
         dataset_uploads(m.inputs.iter().chain(&m.indices)),
         cfg,
-        &how(true, &sums),
+        &how(true, sums),
         "stage datasets",
     )
     .await?;
-
     let mut by_key: HashMap<String, String> = wcrcs.into_iter().chain(dcrcs).collect();
     let wkey = m.workdir.key.clone();
     for (rel, crc) in sent.crcs {
         by_key.insert(format!("{wkey}/{rel}"), crc);
     }
-    fill_crcs(&mut m, &|key| by_key.get(key).cloned());
+    fill_crcs(m, &|key| by_key.get(key).cloned());
     m.workdir.packs = sent.packs;
-    m.validate()
-        .map_err(|r| Error::manifest(m.manifest_key(), r))?;
-
-    crate::attempt::forget_all(store, &m).await?;
-    let key = m.manifest_key();
-    store
-        .put_small(&key, m.to_json(), "application/json")
-        .await?;
-    let url = format!("s3://{}/{key}", m.bucket);
-    tracing::info!(
-        job = %m.job_id,
-        "stage done: {}; {} small files in {} packs; datasets: {} uploaded, {} already in S3 ({:.1} MiB not sent); read {} bytes from local files; {}",
-        crate::progress::summary(sent.files + w.files + d.files, sent.bytes + w.bytes + d.bytes, started.elapsed()),
-        sent.files,
-        m.workdir.packs.len(),
-        d.files,
-        d.skipped_files,
-        d.skipped_bytes as f64 / 1048576.0,
-        sumcache::bytes_read(),
-        store.requests()
-    );
-    Ok(url)
+    let packed = transfer::Stats {
+        files: sent.files,
+        bytes: sent.bytes,
+        ..Default::default()
+    };
+    Ok((packed, w, d))
 }
 
 /// Fills every file's missing checksum (workdir entries, datasets and their files) from
