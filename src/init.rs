@@ -17,17 +17,8 @@ use std::time::Instant;
 pub async fn run(job: &Job, cache: Option<&Cache>, cfg: Transfer) -> Result<()> {
     let started = Instant::now();
     let m = &job.manifest;
-    // This pod's attempt: claimed once per pod (a restarted init container keeps its number).
     let state = attempt::state_dir(job);
-    create_dirs(&state)?;
-    let claim = match attempt::read_marker(&state)? {
-        // A re-stage of the job forgets its attempts: then this is a new one.
-        Some(marker) if attempt::exists(job, marker.attempt).await? => attempt::Claim {
-            attempt: marker.attempt,
-            name: marker.claim,
-        },
-        _ => attempt::claim(job, "init").await?,
-    };
+    let claim = claim_attempt(job, &state).await?;
     let n = claim.attempt;
     let marker = |init_complete| Marker {
         attempt: n,
@@ -35,56 +26,14 @@ pub async fn run(job: &Job, cache: Option<&Cache>, cfg: Transfer) -> Result<()> 
         claim: claim.name.clone(),
     };
     attempt::write_marker(&state, &marker(false))?;
-    for r in &m.roots {
-        create_dirs(&job.local(&r.path))?;
-    }
-    let wd = job.workdir();
-    create_dirs(&wd)?;
-
-    let mut downloads = Vec::new();
-    let mut links: Vec<(PathBuf, String)> = Vec::new();
-    let mut dirs: Vec<(PathBuf, u32)> = Vec::new();
-    // Packed files come out of their packs; the rest of the workdir one object per file.
-    let (in_packs, own) = pack::split(&m.workdir.entries, &m.workdir.packs);
-    plan_tree(
-        &wd,
-        &m.workdir.key,
-        &own,
-        &mut downloads,
-        &mut links,
-        &mut dirs,
-    )?;
-    // Index files go through the cache when there is one; everything else downloads in place.
-    let mut index_files = Vec::new();
-    let datasets = m.inputs.iter().map(|d| (d, false));
-    for (d, is_index) in datasets.chain(m.indices.iter().map(|d| (d, true))) {
-        let dest = job.local(&d.path);
-        let downloads = if is_index && cache.is_some() {
-            &mut index_files
-        } else {
-            &mut downloads
-        };
-        match d.kind {
-            Kind::File => downloads.push(Download::of_dataset(d, dest)),
-            _ => {
-                create_dirs(&dest)?;
-                dirs.push((dest.clone(), d.mode));
-                plan_tree(&dest, &d.key, &d.files, downloads, &mut links, &mut dirs)?;
-            }
-        }
-    }
-    for o in &m.outputs {
-        if let Some(parent) = job.local(&o.path).parent() {
-            create_dirs(parent)?;
-        }
-    }
-    tracing::info!(job = %m.job_id, "init: {} files to place, {} symlinks, into {} roots", downloads.len(), links.len(), m.roots.len());
+    let mut plan = plan(job, cache.is_some())?;
+    tracing::info!(job = %m.job_id, "init: {} files to place, {} symlinks, into {} roots", plan.downloads.len(), plan.links.len(), m.roots.len());
     // A file whose checksum gives no cache address (none recorded) downloads in place.
     let mut cached = Vec::new();
-    for d in index_files {
+    for d in std::mem::take(&mut plan.index_files) {
         match cache::addr(&d.crc64nvme, d.size) {
             Some(a) => cached.push((a, d)),
-            None => downloads.push(d),
+            None => plan.downloads.push(d),
         }
     }
     let cache_stats = match cache {
@@ -94,34 +43,22 @@ pub async fn run(job: &Job, cache: Option<&Cache>, cfg: Transfer) -> Result<()> 
         }
         None => None,
     };
+    let wd = job.workdir();
     let packs = pack::place(
         &job.store,
         &m.workdir.packs,
-        &in_packs,
+        &plan.in_packs,
         &wd,
         cfg.concurrency.get(),
     )
     .await?;
-    let mut stats = transfer::download_all(&job.store, downloads, cfg, "init download").await?;
+    let mut stats =
+        transfer::download_all(&job.store, plan.downloads, cfg, "init download").await?;
     stats.files += packs.files;
     stats.bytes += packs.bytes;
     stats.skipped_files += packs.skipped_files;
     stats.skipped_bytes += packs.skipped_bytes;
-    for (path, target) in &links {
-        place_symlink(path, target)?;
-    }
-    // Directory modes last: a read-only directory must not block the files placed inside it.
-    for (path, mode) in dirs.iter().rev() {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))
-            .map_err(|e| Error::io(path, "set mode", e))?;
-    }
-    // A stale exit-code file would make the sidecar think the tool already ended.
-    let ec = job.exit_code_file();
-    match std::fs::remove_file(&ec) {
-        Ok(()) => tracing::warn!("removed a stale exit-code file {}", ec.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(&ec, "remove stale exit-code file", e)),
-    }
+    finish_tree(job, &plan.links, &plan.dirs)?;
     // Last: from here on the sidecar may record what the job changes and deletes.
     attempt::write_marker(&state, &marker(true))?;
     tracing::info!(
@@ -136,6 +73,102 @@ pub async fn run(job: &Job, cache: Option<&Cache>, cfg: Transfer) -> Result<()> 
         job.store.requests()
     );
     Ok(())
+}
+
+/// This pod's attempt: claimed once per pod (a restarted init container keeps its number).
+async fn claim_attempt(job: &Job, state: &Path) -> Result<attempt::Claim> {
+    create_dirs(state)?;
+    match attempt::read_marker(state)? {
+        // A re-stage of the job forgets its attempts: then this is a new one.
+        Some(marker) if attempt::exists(job, marker.attempt).await? => Ok(attempt::Claim {
+            attempt: marker.attempt,
+            name: marker.claim,
+        }),
+        _ => attempt::claim(job, "init").await,
+    }
+}
+
+/// What init places: downloads, index files (through the cache when there is one), packed
+/// workdir files, symlinks and directory modes.
+struct Plan {
+    downloads: Vec<Download>,
+    index_files: Vec<Download>,
+    in_packs: Vec<crate::manifest::Entry>,
+    links: Vec<(PathBuf, String)>,
+    dirs: Vec<(PathBuf, u32)>,
+}
+
+/// Creates the roots and directories and plans every file of the manifest.
+fn plan(job: &Job, cached: bool) -> Result<Plan> {
+    let m = &job.manifest;
+    for r in &m.roots {
+        create_dirs(&job.local(&r.path))?;
+    }
+    let wd = job.workdir();
+    create_dirs(&wd)?;
+    let (mut downloads, mut index_files) = (Vec::new(), Vec::new());
+    let (mut links, mut dirs) = (Vec::new(), Vec::new());
+    // Packed files come out of their packs; the rest of the workdir one object per file.
+    let (in_packs, own) = pack::split(&m.workdir.entries, &m.workdir.packs);
+    plan_tree(
+        &wd,
+        &m.workdir.key,
+        &own,
+        &mut downloads,
+        &mut links,
+        &mut dirs,
+    )?;
+    // Index files go through the cache when there is one; everything else downloads in place.
+    let datasets = m.inputs.iter().map(|d| (d, false));
+    for (d, is_index) in datasets.chain(m.indices.iter().map(|d| (d, true))) {
+        let dest = job.local(&d.path);
+        let into = if is_index && cached {
+            &mut index_files
+        } else {
+            &mut downloads
+        };
+        match d.kind {
+            Kind::File => into.push(Download::of_dataset(d, dest)),
+            _ => {
+                create_dirs(&dest)?;
+                dirs.push((dest.clone(), d.mode));
+                plan_tree(&dest, &d.key, &d.files, into, &mut links, &mut dirs)?;
+            }
+        }
+    }
+    for o in &m.outputs {
+        if let Some(parent) = job.local(&o.path).parent() {
+            create_dirs(parent)?;
+        }
+    }
+    Ok(Plan {
+        downloads,
+        index_files,
+        in_packs,
+        links,
+        dirs,
+    })
+}
+
+/// Symlinks, then directory modes (last: a read-only directory must not block the files placed
+/// inside it), then no stale exit-code file (it would make the sidecar think the tool ended).
+fn finish_tree(job: &Job, links: &[(PathBuf, String)], dirs: &[(PathBuf, u32)]) -> Result<()> {
+    for (path, target) in links {
+        place_symlink(path, target)?;
+    }
+    for (path, mode) in dirs.iter().rev() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))
+            .map_err(|e| Error::io(path, "set mode", e))?;
+    }
+    let ec = job.exit_code_file();
+    match std::fs::remove_file(&ec) {
+        Ok(()) => {
+            tracing::warn!("removed a stale exit-code file {}", ec.display());
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(&ec, "remove stale exit-code file", e)),
+    }
 }
 
 /// `init --install-self DIR`: copies the running ferry binary to `DIR/ferry` (mode 0555,
