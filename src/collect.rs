@@ -129,7 +129,15 @@ async fn apply(
     stats.files += packed.files;
     stats.bytes += packed.bytes;
     for (path, target) in &links {
-        transfer::place_symlink(path, target)?;
+        if leads_inside_roots(job, path, target) {
+            transfer::place_symlink(path, target)?;
+        } else {
+            tracing::warn!(
+                "not placing {}: a symlink the job made to {target}, outside the job's roots; on \
+                 the head it would show a file of the head's own",
+                path.display()
+            );
+        }
     }
     remove_deleted(job, done);
     let modes = done
@@ -159,6 +167,39 @@ fn set_mode(path: &Path, mode: u32) {
         }
         _ => {}
     }
+}
+
+/// Whether symlink `path` -> `target` (as the job made it) leads inside the manifest's roots,
+/// judged by its words: an absolute target is a path of the pod, which names the head's same path;
+/// a relative one is resolved from where the link is placed. Anything else would make the head
+/// read its own files through the job's link (Galaxy reads `outputs/tool_stdout` that way).
+fn leads_inside_roots(job: &Job, path: &Path, target: &str) -> bool {
+    let target = Path::new(target);
+    let roots = job.manifest.roots.iter();
+    if target.is_absolute() {
+        let t = normalize(target);
+        return roots
+            .map(|r| PathBuf::from(&r.path))
+            .any(|r| t.starts_with(r));
+    }
+    let t = normalize(&path.parent().unwrap_or(Path::new("/")).join(target));
+    roots.map(|r| job.local(&r.path)).any(|r| t.starts_with(r))
+}
+
+/// `path` with `.` and `..` resolved by their words alone (never above `/`).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
 }
 
 /// Replaces an output with a symlink to where a read-only mount of the bucket shows its object,

@@ -866,3 +866,43 @@ async fn a_collect_that_fails_halfway_leaves_a_failing_exit_code_not_an_old_zero
     assert_eq!(code(&o), 7, "{}", stderr(&o));
     assert_eq!(job.ec(), "1\n");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_symlink_the_job_made_to_a_head_file_outside_the_roots_is_never_placed_on_the_head() {
+    let job = staged("links-out-of-roots").await;
+    // A file of the head's own, outside every root (say, a config with a password).
+    let secret = job.tmp.path().join("galaxy.yml");
+    write(
+        &secret,
+        b"database_connection: postgresql://galaxy:S3cr3t@db/galaxy\n",
+    );
+    ok(job.init(1));
+    let ln = |target: &Path, rel: &str| std::os::unix::fs::symlink(target, job.in_pod(1, rel));
+    // Galaxy reads outputs/tool_stdout with a plain open(): the job links it to the secret's path.
+    fs::create_dir_all(job.in_pod(1, "w/job/outputs")).unwrap();
+    ln(&secret, "w/job/outputs/tool_stdout").unwrap();
+    ln(Path::new("../../../../galaxy.yml"), "w/job/outputs/rel_out").unwrap();
+    // Links that stay inside the roots come back as they are.
+    ln(&job.head.join("d/in.dat"), "w/job/input_link").unwrap();
+    ln(Path::new("sub/a.txt"), "w/job/a_link").unwrap();
+    write(&job.in_pod(1, "w/job/galaxy_1.ec"), b"0\n");
+    job.sidecar(1, &["--quiet-ms", "100"]).finished();
+
+    let o = job.collect("10");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    for rel in ["w/job/outputs/tool_stdout", "w/job/outputs/rel_out"] {
+        let head = job.head.join(rel);
+        assert!(fs::symlink_metadata(&head).is_err(), "{rel} was placed");
+        assert!(
+            stderr(&o).contains(&format!("not placing {}", head.display())),
+            "{}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(fs::read(job.head.join("w/job/a_link")).unwrap(), b"a");
+    assert_eq!(
+        fs::read_link(job.head.join("w/job/input_link")).unwrap(),
+        job.head.join("d/in.dat")
+    );
+    assert!(!stderr(&o).contains("S3cr3t"));
+}
