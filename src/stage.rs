@@ -342,10 +342,22 @@ pub fn dataset_uploads<'a>(datasets: impl Iterator<Item = &'a Dataset>) -> Vec<U
 /// are resolved by [`resolve_links`] against `given`.
 fn dataset_cached(path: &str, key: &str, sums: &SumCache, given: &[PathBuf]) -> Result<Dataset> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "stat dataset", e))?;
+    if !meta.is_dir() && !meta.is_file() {
+        return Err(not_a_file(Path::new(path)));
+    }
     let cached = |p: &Path| -> Result<Option<String>> {
-        let f = std::fs::File::open(p).map_err(|e| Error::io(p, "open", e))?;
-        let k = Key::of(&f.metadata().map_err(|e| Error::io(p, "stat", e))?);
-        Ok(sums.lookup(&f, &k).map(checksum::encode))
+        // Non-blocking: a FIFO would hang the open, and no signal would end it.
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(p)
+            .map_err(|e| Error::io(p, "open", e))?;
+        let meta = f.metadata().map_err(|e| Error::io(p, "stat", e))?;
+        if !meta.is_file() {
+            return Err(not_a_file(p));
+        }
+        Ok(sums.lookup(&f, &Key::of(&meta)).map(checksum::encode))
     };
     if meta.is_dir() {
         let mut files = tree::scan(Path::new(path), &|_, _, _| false)?;
@@ -374,6 +386,14 @@ fn dataset_cached(path: &str, key: &str, sums: &SumCache, given: &[PathBuf]) -> 
         crc64nvme: cached(Path::new(path))?,
         files: vec![],
     })
+}
+
+fn not_a_file(path: &Path) -> Error {
+    Error::Config(format!(
+        "{}: not a regular file or directory (a FIFO, socket or device): stage only files and \
+         directories",
+        path.display()
+    ))
 }
 
 /// An input that is a link `collect --link-outputs-under` made (its target ends in

@@ -428,3 +428,45 @@ async fn stage_refuses_a_symlink_in_a_staged_directory_that_leads_outside_and_up
     assert_eq!(code(&o), 3, "{}", stderr(&o));
     one_line_error(&o, &["gone.fa", "cannot be resolved"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stage_refuses_a_fifo_given_or_linked_in_a_directory_instead_of_hanging() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wd = tmp.path().join("w/job");
+    fs::create_dir_all(&wd).unwrap();
+    let refs = tmp.path().join("refs");
+    fs::create_dir_all(&refs).unwrap();
+    let fifo = refs.join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::os::unix::fs::symlink("pipe", refs.join("index.fa")).unwrap();
+    // Given itself: a usage error. Linked inside a given directory: the link is refused (3).
+    for (given, exit, words) in [
+        (fifo.clone(), 2, "not a regular file or directory (a FIFO"),
+        (refs.clone(), 3, "which is not a regular file"),
+    ] {
+        let bucket = bucket("stage-fifo").await;
+        // No writer ever opens the FIFO: a blocking open would never return.
+        let o = ferry(&[
+            "stage",
+            "--url",
+            &format!("s3://{bucket}/p"),
+            "--job-id",
+            "1",
+            "--workdir",
+            wd.to_str().unwrap(),
+            "--index",
+            given.to_str().unwrap(),
+        ]);
+        assert_eq!(code(&o), exit, "{}", stderr(&o));
+        one_line_error(&o, &[words]);
+        assert_eq!(
+            keys(&bucket).await,
+            Vec::<String>::new(),
+            "nothing uploaded"
+        );
+    }
+}
