@@ -14,6 +14,7 @@ use crate::transfer::{self, Upload, UploadHow};
 use crate::tree;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -86,14 +87,43 @@ fn job_paths(a: &StageArgs) -> Result<Paths> {
         None => format!("{workdir}/galaxy_{}.ec", a.job_id),
     };
     let pod_mounts = abs_all(&a.pod_mounts)?;
+    let indices = left_to_pod_mounts(abs_all(&a.indices)?, &pod_mounts);
+    let (inputs, indices) = outermost(abs_all(&a.inputs)?, indices);
     Ok(Paths {
         workdir,
         ec,
-        inputs: abs_all(&a.inputs)?,
+        inputs,
         outputs: abs_all(&a.outputs)?,
-        indices: left_to_pod_mounts(abs_all(&a.indices)?, &pod_mounts),
+        indices,
         pod_mounts,
     })
+}
+
+/// The datasets (inputs, then indices) without one given twice or inside another given one: the
+/// enclosing directory already brings those bytes, and the pod must get each path once (two
+/// datasets at one path would be placed twice). The same path given as an input and an index
+/// stays an input.
+fn outermost(inputs: Vec<String>, indices: Vec<String>) -> (Vec<String>, Vec<String>) {
+    let given: HashSet<String> = inputs.iter().chain(&indices).cloned().collect();
+    let mut seen = HashSet::new();
+    let mut keep = |p: &String| {
+        let enclosing = p
+            .match_indices('/')
+            .map(|(i, _)| &p[..i])
+            .find(|d| given.contains(*d));
+        if let Some(d) = enclosing {
+            tracing::info!("stage: {p} is inside {d}, also given: staged as part of it");
+            false
+        } else if !seen.insert(p.clone()) {
+            tracing::info!("stage: {p} is given twice: staged once");
+            false
+        } else {
+            true
+        }
+    };
+    let inputs: Vec<String> = inputs.into_iter().filter(&mut keep).collect();
+    let indices: Vec<String> = indices.into_iter().filter(&mut keep).collect();
+    (inputs, indices)
 }
 
 fn abs_all(paths: &[PathBuf]) -> Result<Vec<String>> {

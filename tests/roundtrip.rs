@@ -401,3 +401,73 @@ async fn symlinks_inside_a_staged_directory_reach_the_pod_as_what_they_point_to_
         b">chr1\nACGT\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dataset_given_twice_or_inside_another_given_one_is_staged_and_placed_once() {
+    let bucket = bucket("stage-overlap").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("h");
+    let gtf: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    write(&base.join("refs/star/hg38/Genome"), b"genome\n");
+    write(&base.join("refs/star/hg38/genes.gtf"), &gtf);
+    write(&base.join("data/in.dat"), b"ACGT\n");
+    write(&base.join("w/job/run.sh"), b"echo hi\n");
+    let b = base.to_str().unwrap();
+    let (star, input) = (format!("{b}/refs/star/hg38"), format!("{b}/data/in.dat"));
+    // STAR --genomeDir DIR --sjdbGTFfile DIR/genes.gtf; and one dataset as input, index and input again.
+    let url = ok(ferry(&[
+        "stage",
+        "--url",
+        &format!("s3://{bucket}/p"),
+        "--job-id",
+        "5",
+        "--workdir",
+        &format!("{b}/w/job"),
+        "--index",
+        &format!("{star}/genes.gtf"),
+        "--index",
+        &star,
+        "--input",
+        &input,
+        "--index",
+        &input,
+        "--input",
+        &input,
+    ]));
+    let m: serde_json::Value =
+        serde_json::from_slice(&get(&bucket, "p/jobs/5/manifest.json").await.unwrap()).unwrap();
+    let paths = |what: &str| -> Vec<String> {
+        m[what]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        paths("indices"),
+        vec![star.clone()],
+        "the file inside the directory is part of it"
+    );
+    assert_eq!(
+        paths("inputs"),
+        vec![input.clone()],
+        "one dataset per path, an input"
+    );
+
+    let pod = tmp.path().join("pod");
+    ok(ferry(&[
+        "init",
+        "--manifest",
+        &url,
+        "--root",
+        pod.to_str().unwrap(),
+    ]));
+    let in_pod = |p: &str| pod.join(p.strip_prefix('/').unwrap());
+    assert_eq!(fs::read(in_pod(&format!("{star}/genes.gtf"))).unwrap(), gtf);
+    assert_eq!(
+        fs::read(in_pod(&format!("{star}/Genome"))).unwrap(),
+        b"genome\n"
+    );
+    assert_eq!(fs::read(in_pod(&input)).unwrap(), b"ACGT\n");
+}

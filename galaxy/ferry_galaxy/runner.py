@@ -769,7 +769,15 @@ def reference_files(texts, roots, table_paths=frozenset()):
                     _skip_directory(named, skipped)
                     continue
                 found.extend(p for p in _with_siblings(named) if _inside(p, real_roots))
-    return list(dict.fromkeys(found))
+    return _outermost(dict.fromkeys(found))
+
+
+def _outermost(paths):
+    """``paths`` without those inside another of them (a data table's directory and a file in it that the
+    command also names: STAR's --genomeDir DIR --sjdbGTFfile DIR/genes.gtf): the directory brings the file,
+    and its bytes count once."""
+    given = set(paths)
+    return [p for p in paths if not any(p[:i] in given for i in range(1, len(p)) if p[i] == "/")]
 
 
 def _skip_directory(path: str, skipped: set):

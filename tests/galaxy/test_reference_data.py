@@ -203,3 +203,24 @@ def test_reference_data_the_pod_mounts_itself_is_not_counted_against_ferry_refer
     job.submit(f"STAR --genomeDir {star} && bwa mem {index} > {{output}}")
 
     assert set(staged_indices(job)) == {f"{index}{s}" for s in BWA_SUFFIXES} | {str(job.tool_dir)}
+
+
+def test_a_data_table_directory_and_a_file_in_it_named_by_the_command_are_staged_and_counted_once(s3, tmp_path):
+    refs, tables = reference_data(tmp_path)
+    star = tables["rnastar_index2x_versioned"].get_entry("dbkey", "hg38", "path")
+    (refs / "hg38/star/genes.gtf").write_bytes(b"chr1\tgene\n" * 400)  # 4000 bytes; the index: 15 KiB
+    job = GalaxyJob(s3, tmp_path / "galaxy-side", runner_params={
+        "ferry_reference_roots": [str(refs)], "ferry_reference_max_bytes": "19Ki"})  # once: 18.9 KiB; twice: 22.8 KiB
+    job.app.tool_data_tables = tables
+
+    # STAR names the index directory and, on its own, the annotation inside it.
+    job.submit(f": STAR --genomeDir '{star}' --sjdbGTFfile {star}/genes.gtf; "
+               f"ls {star} > {{output}}; wc -c < {star}/genes.gtf >> {{output}}")
+
+    staged = staged_indices(job)
+    assert set(staged) == {star, str(job.tool_dir)}, "the file travels inside its directory, not on its own"
+    assert sorted(f["path"] for f in staged[star]["files"]) == ["Genome", "SA", "SAindex", "genes.gtf"]
+    pod = job.run_pod()
+    outcome = job.complete()
+    assert (outcome.call, outcome.detected_state) == ("finish", DETECTED_JOB_STATE.OK), (outcome, pod.logs)
+    assert job.output.read_text().split() == ["Genome", "SA", "SAindex", "genes.gtf", "4000"]
