@@ -206,17 +206,38 @@ fn normalize(path: &Path) -> PathBuf {
 /// after checking that the mount shows it with the recorded size.
 fn link_output(mount: &Path, o: &Dataset, dest: &Path) -> Result<()> {
     let target = mount.join(&o.key);
-    let meta = std::fs::metadata(&target)
-        .map_err(|e| Error::io(&target, "find the output in the S3 mount", e))?;
-    if o.kind == Kind::File && meta.len() != o.size {
-        return Err(Error::Checksum {
-            what: format!("size of {} in the S3 mount", target.display()),
-            expected: o.size.to_string(),
-            actual: meta.len().to_string(),
-        });
-    }
     if let Some(parent) = dest.parent() {
         transfer::create_dirs(parent)?;
+    }
+    // A mount of the bucket shows no directory without an object in it: an output directory
+    // holding no file is made on the head instead, with its empty subdirectories.
+    if o.kind == Kind::Dir && !o.files.iter().any(|f| f.kind != Kind::Dir) {
+        transfer::create_dirs(dest)?;
+        for d in &o.files {
+            transfer::create_dirs(&dest.join(&d.path))?;
+        }
+        return Ok(());
+    }
+    let sized = match o.kind {
+        Kind::File => vec![(target.clone(), o.size)],
+        _ => o
+            .files
+            .iter()
+            .filter(|f| f.kind == Kind::File)
+            .map(|f| (target.join(&f.path), f.size))
+            .collect(),
+    };
+    // Every file as the mount shows it, with the size the pod recorded.
+    for (path, size) in sized {
+        let meta = std::fs::metadata(&path)
+            .map_err(|e| Error::io(&path, "find the output in the S3 mount", e))?;
+        if meta.len() != size {
+            return Err(Error::Checksum {
+                what: format!("size of {} in the S3 mount", path.display()),
+                expected: size.to_string(),
+                actual: meta.len().to_string(),
+            });
+        }
     }
     if std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir() && !m.file_type().is_symlink()) {
         std::fs::remove_dir_all(dest).map_err(|e| Error::io(dest, "replace with a symlink", e))?;

@@ -906,3 +906,50 @@ async fn a_symlink_the_job_made_to_a_head_file_outside_the_roots_is_never_placed
     );
     assert!(!stderr(&o).contains("S3cr3t"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_link_mode_an_empty_output_directory_is_made_on_the_head_and_a_file_of_wrong_size_fails()
+{
+    let job = staged("link-empty-dir").await;
+    ok(job.init(1));
+    write(&job.in_pod(1, "d/out.dat"), b"result");
+    // Galaxy wrappers often make the extra-files directory and leave it empty.
+    fs::create_dir_all(job.in_pod(1, "d/outdir/img")).unwrap();
+    write(&job.in_pod(1, "w/job/galaxy_1.ec"), b"0\n");
+    job.sidecar(1, &["--quiet-ms", "100"]).finished();
+    // The bucket as a mount shows it: the file object, and no directory for an empty prefix.
+    let key = job.output_key(1).await;
+    let mount = job.tmp.path().join("mnt");
+    write(&mount.join(&key), b"result");
+    let link = |mount: &Path| {
+        ferry(&[
+            "collect",
+            "--manifest",
+            &job.url,
+            "--wait",
+            "10",
+            "--link-outputs-under",
+            mount.to_str().unwrap(),
+        ])
+    };
+    let o = link(&mount);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        fs::read_link(job.head.join("d/out.dat")).unwrap(),
+        mount.join(&key)
+    );
+    let outdir = job.head.join("d/outdir");
+    assert!(
+        !fs::symlink_metadata(&outdir)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(outdir.join("img").is_dir());
+    assert_eq!(job.ec(), "0\n");
+    // A mount showing other bytes than the pod recorded is never linked as a success.
+    write(&mount.join(&key), b"resul");
+    let o = link(&mount);
+    assert_eq!(code(&o), 8, "{}", stderr(&o));
+    assert_ne!(job.ec(), "0\n");
+}
