@@ -441,7 +441,7 @@ async fn adopt_linked_outputs(store: &Store, prefix: &str, inputs: &mut [Dataset
             continue;
         };
         let key = &target[at + 1..];
-        if manifest::check_key(key).is_err() {
+        if manifest::check_key(key).is_err() || !is_attempt_output(&key[marker.len() - 1..]) {
             continue;
         }
         if let Some(head) = store.head(key).await?
@@ -457,6 +457,24 @@ async fn adopt_linked_outputs(store: &Store, prefix: &str, inputs: &mut [Dataset
         }
     }
     Ok(())
+}
+
+/// Whether `rest` (what follows `<prefix>/outputs/`) reads `<job id>/<n>-<claim>/<path>`, the
+/// shape of an attempt's output key, so a head path that merely contains `/outputs/` is read
+/// as the file it is.
+fn is_attempt_output(rest: &str) -> bool {
+    let mut parts = rest.splitn(3, '/');
+    let (Some(_job), Some(attempt), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let Some((n, claim)) = attempt.split_once('-') else {
+        return false;
+    };
+    !path.is_empty()
+        && !n.is_empty()
+        && n.bytes().all(|b| b.is_ascii_digit())
+        && claim.len() == 16
+        && claim.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The real paths of what stage was given (`--input`, `--index`).
@@ -637,6 +655,17 @@ fn common_ancestor(a: &str, b: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_attempts_output_key_is_taken_for_a_linked_output() {
+        assert!(is_attempt_output(
+            "42/2-0123456789abcdef/galaxy/files/dataset_2.dat"
+        ));
+        assert!(!is_attempt_output("42/2-0123456789abcdef/"));
+        assert!(!is_attempt_output("42/2-0123456789abcdeg/x"));
+        assert!(!is_attempt_output("42/x-0123456789abcdef/x"));
+        assert!(!is_attempt_output("results/run1.txt"));
+    }
 
     fn file(path: &str) -> Dataset {
         Dataset {
