@@ -115,6 +115,20 @@ impl Job {
         ferry(&["collect", "--manifest", &self.url, "--wait", wait])
     }
 
+    /// `collect --link-outputs-under MOUNT`: outputs become links into a mount of the bucket.
+    fn collect_linked(&self, mount: &Path) -> std::process::Output {
+        let mount = mount.to_str().unwrap();
+        ferry(&[
+            "collect",
+            "--manifest",
+            &self.url,
+            "--wait",
+            "10",
+            "--link-outputs-under",
+            mount,
+        ])
+    }
+
     async fn done(&self, attempt: u32) -> Option<Value> {
         let key = format!("p/jobs/1/attempts/{attempt}/done.json");
         get(&self.bucket, &key)
@@ -473,15 +487,7 @@ async fn a_done_json_with_a_crafted_claim_never_links_outside_the_mount() {
     let key = "p/jobs/1/attempts/1/done.json";
     put(&job.bucket, key, &serde_json::to_vec(&done).unwrap()).await;
     let mount = job.tmp.path().join("mnt");
-    let o = ferry(&[
-        "collect",
-        "--manifest",
-        &job.url,
-        "--wait",
-        "10",
-        "--link-outputs-under",
-        mount.to_str().unwrap(),
-    ]);
+    let o = job.collect_linked(&mount);
     assert_eq!(code(&o), 3, "{}", stderr(&o));
     assert!(stderr(&o).contains("is not a claim name"), "{}", stderr(&o));
     assert!(
@@ -921,18 +927,7 @@ async fn in_link_mode_an_empty_output_directory_is_made_on_the_head_and_a_file_o
     let key = job.output_key(1).await;
     let mount = job.tmp.path().join("mnt");
     write(&mount.join(&key), b"result");
-    let link = |mount: &Path| {
-        ferry(&[
-            "collect",
-            "--manifest",
-            &job.url,
-            "--wait",
-            "10",
-            "--link-outputs-under",
-            mount.to_str().unwrap(),
-        ])
-    };
-    let o = link(&mount);
+    let o = job.collect_linked(&mount);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(
         fs::read_link(job.head.join("d/out.dat")).unwrap(),
@@ -949,7 +944,7 @@ async fn in_link_mode_an_empty_output_directory_is_made_on_the_head_and_a_file_o
     assert_eq!(job.ec(), "0\n");
     // A mount showing other bytes than the pod recorded is never linked as a success.
     write(&mount.join(&key), b"resul");
-    let o = link(&mount);
+    let o = job.collect_linked(&mount);
     assert_eq!(code(&o), 8, "{}", stderr(&o));
     assert_ne!(job.ec(), "0\n");
 }

@@ -202,18 +202,25 @@ def without_static_keys(env, tmp_path, **web_identity):
     return env
 
 
+def stage_without_static_keys(server, tmp_path, max_attempts=2, web_identity=True, **env):
+    """`ferry stage` of a one-file job with credentials only from web identity (or none at all)."""
+    wd = tmp_path / "w"
+    write(wd / "a.txt", b"a\n")
+    env = without_static_keys(env_for(server, FERRY_S3_MAX_ATTEMPTS=max_attempts), tmp_path, **env)
+    if not web_identity:
+        for k in ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"):
+            env.pop(k)
+    return subprocess.run([str(podlib.FERRY), "stage", "--url", "s3://some-bucket/p", "--job-id", "1",
+                           "--workdir", str(wd)], env=env, capture_output=True, text=True, timeout=120)
+
+
 def test_an_untrusted_sts_certificate_fails_at_once_naming_sts_not_the_s3_endpoint(https, server, tmp_path):
     """IRSA: ferry swaps the pod's token for keys at STS first. An STS behind a private CA used to
     be retried inside every credentials lookup for ~40 s, then blamed on the S3 endpoint."""
-    bucket = server.new_bucket("tls-sts")
-    wd = tmp_path / "w"
-    write(wd / "a.txt", b"a\n")
     relay = Relay(int(https[0].rsplit(":", 1)[1]))
     sts = f"https://127.0.0.1:{relay.port}"
-    env = without_static_keys(env_for(server, FERRY_S3_MAX_ATTEMPTS=8), tmp_path, AWS_ENDPOINT_URL_STS=sts)
     try:
-        p = subprocess.run([str(podlib.FERRY), "stage", "--url", f"s3://{bucket}/p", "--job-id", "1",
-                            "--workdir", str(wd)], env=env, capture_output=True, text=True, timeout=120)
+        p = stage_without_static_keys(server, tmp_path, max_attempts=8, AWS_ENDPOINT_URL_STS=sts)
     finally:
         relay.close()
     assert p.returncode == 12, p.stderr
@@ -229,11 +236,7 @@ def test_an_untrusted_sts_certificate_fails_at_once_naming_sts_not_the_s3_endpoi
 def test_a_refused_credentials_lookup_names_sts_and_exits_6(https, server, tmp_path):
     """STS answering with an error (here: an S3 server, which knows no AssumeRoleWithWebIdentity)
     is a credentials failure naming STS, not an S3 error on the first object."""
-    wd = tmp_path / "w"
-    write(wd / "a.txt", b"a\n")
-    env = without_static_keys(env_for(server, FERRY_S3_MAX_ATTEMPTS=2), tmp_path, AWS_ENDPOINT_URL_STS=https[1])
-    p = subprocess.run([str(podlib.FERRY), "stage", "--url", "s3://some-bucket/p", "--job-id", "1",
-                        "--workdir", str(wd)], env=env, capture_output=True, text=True, timeout=120)
+    p = stage_without_static_keys(server, tmp_path, AWS_ENDPOINT_URL_STS=https[1])
     assert p.returncode == 6, p.stderr
     errors = error_lines(p.stderr)
     assert len(errors) == 1, p.stderr
@@ -241,14 +244,6 @@ def test_a_refused_credentials_lookup_names_sts_and_exits_6(https, server, tmp_p
     line = errors[0]
     assert f"no S3 credentials from STS endpoint {https[1]}" in line and "AccessDenied: role not found" in line, line
     assert "Error {" not in line and "DispatchFailure(" not in line, line
-
-
-def stage_without_static_keys(server, tmp_path, max_attempts=2, **web_identity):
-    wd = tmp_path / "w"
-    write(wd / "a.txt", b"a\n")
-    env = without_static_keys(env_for(server, FERRY_S3_MAX_ATTEMPTS=max_attempts), tmp_path, **web_identity)
-    return subprocess.run([str(podlib.FERRY), "stage", "--url", "s3://some-bucket/p", "--job-id", "1",
-                           "--workdir", str(wd)], env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_an_sts_that_does_not_answer_is_a_network_failure_naming_sts_exit_4(https, server, tmp_path):
@@ -279,13 +274,7 @@ def test_an_sts_that_does_not_answer_is_a_network_failure_naming_sts_exit_4(http
 
 
 def test_no_credentials_at_all_is_one_line_saying_how_to_give_them_exit_6(https, server, tmp_path):
-    wd = tmp_path / "w"
-    write(wd / "a.txt", b"a\n")
-    env = without_static_keys(env_for(server), tmp_path)
-    for k in ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"):
-        env.pop(k)
-    p = subprocess.run([str(podlib.FERRY), "stage", "--url", "s3://some-bucket/p", "--job-id", "1",
-                        "--workdir", str(wd)], env=env, capture_output=True, text=True, timeout=120)
+    p = stage_without_static_keys(server, tmp_path, web_identity=False)
     assert p.returncode == 6, p.stderr
     lines = [line for line in p.stderr.splitlines() if " INFO " not in line]
     assert len(lines) == 1 and " ERROR " in lines[0], p.stderr  # nothing but that line: no SDK dumps
