@@ -25,8 +25,10 @@ pub async fn run(
     let started = Instant::now();
     let m = &job.manifest;
     let ec = job.exit_code_file();
+    // Until everything is in place the head's .ec says "failed": a collect that stops halfway
+    // (an error, a signal, a refused done.json) never leaves an earlier run's 0 behind.
+    write_atomic(&ec, format!("{NO_DONE_EXIT_CODE}\n").as_bytes(), 0o644)?;
     let Some(done) = wait_for_done(job, wait).await? else {
-        write_atomic(&ec, format!("{NO_DONE_EXIT_CODE}\n").as_bytes(), 0o644)?;
         return Err(Error::JobFailed {
             job_id: m.job_id.clone(),
             reason: format!(
@@ -38,9 +40,6 @@ pub async fn run(
             ),
         });
     };
-    // Until everything is in place the head's .ec says "failed": a collect that stops halfway
-    // (an error, a signal) never leaves an earlier run's 0 behind.
-    write_atomic(&ec, format!("{NO_DONE_EXIT_CODE}\n").as_bytes(), 0o644)?;
     // An attempt whose init never completed recorded nothing: the head keeps every file.
     let stats = if done.reason == Reason::InitFailed {
         transfer::Stats::default()
@@ -129,14 +128,17 @@ async fn apply(
     stats.files += packed.files;
     stats.bytes += packed.bytes;
     for (path, target) in &links {
-        if leads_inside_roots(job, path, target) {
-            transfer::place_symlink(path, target)?;
-        } else {
+        transfer::place_symlink(path, target)?;
+    }
+    // Judged once all are placed: a link may lead out through another link the job made.
+    for (path, target) in &links {
+        if !leads_inside_roots(job, path) {
             tracing::warn!(
-                "not placing {}: a symlink the job made to {target}, outside the job's roots; on \
-                 the head it would show a file of the head's own",
+                "not placing {}: a symlink the job made to {target}, leading outside the job's \
+                 roots; on the head it would show a file of the head's own",
                 path.display()
             );
+            std::fs::remove_file(path).map_err(|e| Error::io(path, "remove a symlink", e))?;
         }
     }
     remove_deleted(job, done);
@@ -169,21 +171,34 @@ fn set_mode(path: &Path, mode: u32) {
     }
 }
 
-/// Whether symlink `path` -> `target` (as the job made it) leads inside the manifest's roots,
-/// judged by its words: an absolute target is a path of the pod, which names the head's same path;
-/// a relative one is resolved from where the link is placed. Anything else would make the head
-/// read its own files through the job's link (Galaxy reads `outputs/tool_stdout` that way).
-fn leads_inside_roots(job: &Job, path: &Path, target: &str) -> bool {
-    let target = Path::new(target);
-    let roots = job.manifest.roots.iter();
-    if target.is_absolute() {
-        let t = normalize(target);
-        return roots
-            .map(|r| PathBuf::from(&r.path))
-            .any(|r| t.starts_with(r));
+/// Whether symlink `path` leads inside the manifest's roots on the head, as the kernel would
+/// follow it (through any other link on the way); the part of its way that does not exist yet is
+/// judged by its words. Anything else would make the head read its own files through the job's
+/// link (Galaxy reads `outputs/tool_stdout` that way).
+fn leads_inside_roots(job: &Job, path: &Path) -> bool {
+    let (Ok(target), Some(parent)) = (std::fs::read_link(path), path.parent()) else {
+        return false;
+    };
+    let dest = real_or_words(&parent.join(target));
+    job.manifest
+        .roots
+        .iter()
+        .map(|r| real_or_words(&job.local(&r.path)))
+        .any(|r| dest.starts_with(r))
+}
+
+/// The real path of the longest part of `path` that exists, followed by the rest of its words
+/// with `.` and `..` resolved.
+fn real_or_words(path: &Path) -> PathBuf {
+    let parts: Vec<_> = path.components().collect();
+    for i in (0..=parts.len()).rev() {
+        let head: PathBuf = parts[..i].iter().collect();
+        if let Ok(real) = std::fs::canonicalize(&head) {
+            let rest: PathBuf = parts[i..].iter().collect();
+            return normalize(&real.join(rest));
+        }
     }
-    let t = normalize(&path.parent().unwrap_or(Path::new("/")).join(target));
-    roots.map(|r| job.local(&r.path)).any(|r| t.starts_with(r))
+    normalize(path)
 }
 
 /// `path` with `.` and `..` resolved by their words alone (never above `/`).
@@ -212,6 +227,9 @@ fn link_output(mount: &Path, o: &Dataset, dest: &Path) -> Result<()> {
     // A mount of the bucket shows no directory without an object in it: an output directory
     // holding no file is made on the head instead, with its empty subdirectories.
     if o.kind == Kind::Dir && !o.files.iter().any(|f| f.kind != Kind::Dir) {
+        if std::fs::symlink_metadata(dest).is_ok_and(|m| m.file_type().is_symlink()) {
+            std::fs::remove_file(dest).map_err(|e| Error::io(dest, "replace a link", e))?;
+        }
         transfer::create_dirs(dest)?;
         for d in &o.files {
             transfer::create_dirs(&dest.join(&d.path))?;

@@ -80,10 +80,16 @@ async fn claim_attempt(job: &Job, state: &Path) -> Result<attempt::Claim> {
     create_dirs(state)?;
     match attempt::read_marker(state)? {
         // A re-stage of the job forgets its attempts: then this is a new one.
-        Some(marker) if attempt::exists(job, marker.attempt).await? => Ok(attempt::Claim {
-            attempt: marker.attempt,
-            name: marker.claim,
-        }),
+        // Ours only if S3 still names our claim (not a newer pod's after a re-stage).
+        Some(marker)
+            if attempt::claim_name(job, marker.attempt).await?.as_deref()
+                == Some(marker.claim.as_str()) =>
+        {
+            Ok(attempt::Claim {
+                attempt: marker.attempt,
+                name: marker.claim,
+            })
+        }
         _ => attempt::claim(job, "init").await,
     }
 }

@@ -888,6 +888,9 @@ async fn a_symlink_the_job_made_to_a_head_file_outside_the_roots_is_never_placed
     fs::create_dir_all(job.in_pod(1, "w/job/outputs")).unwrap();
     ln(&secret, "w/job/outputs/tool_stdout").unwrap();
     ln(Path::new("../../../../galaxy.yml"), "w/job/outputs/rel_out").unwrap();
+    // Through another link it made: by its words inside the workdir, really two levels above it.
+    ln(&job.head.join("w/job"), "w/job/sub/deep/x").unwrap();
+    ln(Path::new("x/../../../galaxy.yml"), "w/job/sub/deep/chained").unwrap();
     // Links that stay inside the roots come back as they are.
     ln(&job.head.join("d/in.dat"), "w/job/input_link").unwrap();
     ln(Path::new("sub/a.txt"), "w/job/a_link").unwrap();
@@ -896,7 +899,11 @@ async fn a_symlink_the_job_made_to_a_head_file_outside_the_roots_is_never_placed
 
     let o = job.collect("10");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    for rel in ["w/job/outputs/tool_stdout", "w/job/outputs/rel_out"] {
+    for rel in [
+        "w/job/outputs/tool_stdout",
+        "w/job/outputs/rel_out",
+        "w/job/sub/deep/chained",
+    ] {
         let head = job.head.join(rel);
         assert!(fs::symlink_metadata(&head).is_err(), "{rel} was placed");
         assert!(
@@ -906,6 +913,7 @@ async fn a_symlink_the_job_made_to_a_head_file_outside_the_roots_is_never_placed
         );
     }
     assert_eq!(fs::read(job.head.join("w/job/a_link")).unwrap(), b"a");
+    assert!(job.head.join("w/job/sub/deep/x/run.sh").exists());
     assert_eq!(
         fs::read_link(job.head.join("w/job/input_link")).unwrap(),
         job.head.join("d/in.dat")

@@ -55,7 +55,7 @@ pub fn lookup_error(
     let reason = answered
         .clone()
         .unwrap_or_else(|| status_in_words(&in_words(lookup)));
-    if reason.contains("HTTP 5") || (answered.is_none() && unreachable(lookup)) {
+    if reason.contains("HTTP 5") || busy(&reason) || (answered.is_none() && unreachable(lookup)) {
         return Some(unanswered(source, op, bucket, key, reason));
     }
     Some(Error::NoCredentials {
@@ -91,6 +91,18 @@ fn answer(e: &(dyn StdError + 'static)) -> Option<String> {
     ))
 }
 
+/// STS answered, but with an error its documentation calls retryable (throttled, unavailable).
+fn busy(reason: &str) -> bool {
+    const CODES: [&str; 5] = [
+        "Throttling:",
+        "ServiceUnavailable:",
+        "InternalFailure:",
+        "IDPCommunicationError:",
+        "RequestLimitExceeded:",
+    ];
+    CODES.iter().any(|c| reason.starts_with(c))
+}
+
 /// Below the failed lookup: a network error or a timeout, no answer.
 fn unreachable(lookup: &(dyn StdError + 'static)) -> bool {
     chain(lookup).any(|err| {
@@ -121,6 +133,13 @@ fn status_in_words(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttled_or_unavailable_sts_is_retryable_not_a_refusal() {
+        assert!(busy("Throttling: Rate exceeded"));
+        assert!(busy("ServiceUnavailable: try again"));
+        assert!(!busy("AccessDenied: role not found: ferry"));
+    }
 
     #[test]
     fn a_status_code_reads_as_http_and_its_number() {
